@@ -1,0 +1,1 @@
+"""Transform engines behind one protocol (``base.py``)."""

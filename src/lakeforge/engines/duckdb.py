@@ -1,0 +1,197 @@
+"""The DuckDB engine (default): in-process, reads pinned Arrow datasets zero-copy."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from lakeforge.engines.base import TransformContext
+from lakeforge.errors import Location, SQLError, TransformError
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    from lakeforge.graph.spec import Dataset
+
+_LINE = re.compile(r"LINE (\d+):")
+
+
+class DuckDBEngine:
+    """Runs SQL models and Python transforms in an in-memory DuckDB per task."""
+
+    name: ClassVar[str] = "duckdb"
+    SUPPORTS_PYTHON_TRANSFORMS: ClassVar[bool] = True
+    SUPPORTS_ZERO_COPY_ARROW: ClassVar[bool] = True
+    SQL_DIALECT: ClassVar[str] = "duckdb"
+
+    def __init__(self, project_root: Path, threads: int | None = None) -> None:
+        self.project_root = project_root
+        self.threads = threads
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
+        config: dict[str, Any] = {"file_search_path": str(self.project_root)}
+        if self.threads:
+            config["threads"] = self.threads
+        return duckdb.connect(config=config)
+
+    def transform(
+        self,
+        ds: Dataset,
+        inputs: dict[str, pads.Dataset],
+        views: list[Dataset],
+        context: TransformContext,
+    ) -> pa.Table:
+        con = self.connect()
+        try:
+            for name, data in inputs.items():
+                con.register(name, data)
+            for view in views:
+                self._define_view(con, view, context)
+            if ds.sql is not None:
+                return self._run_sql(con, ds)
+            return to_arrow(self._call(con, ds, context), ds)
+        finally:
+            con.close()
+
+    def query(self, sql: str, tables: dict[str, pads.Dataset], limit: int | None = None) -> pa.Table:
+        import duckdb
+
+        con = self.connect()
+        try:
+            for name, data in tables.items():
+                con.register(name, data)
+            try:
+                rel = con.sql(sql)
+                if rel is None:
+                    raise SQLError("the statement returned no rows; `lakeforge sql` runs queries")
+                if limit is not None:
+                    rel = rel.limit(limit)
+                return rel.to_arrow_table()
+            except duckdb.Error as exc:
+                raise SQLError(str(exc).splitlines()[0], hint=_hint(str(exc))) from None
+        finally:
+            con.close()
+
+    def _define_view(
+        self, con: duckdb.DuckDBPyConnection, view: Dataset, context: TransformContext
+    ) -> None:
+        if view.sql is not None:
+            import duckdb
+
+            try:
+                con.sql(f"CREATE TEMP VIEW {_ident(view.name)} AS {view.sql}")
+            except duckdb.Error as exc:
+                raise _sql_error(view, exc) from None
+            return
+        result = self._call(con, view, context)
+        if hasattr(result, "create_view"):
+            result.create_view(view.name, replace=True)
+        else:
+            con.register(view.name, to_arrow(result, view))
+
+    def _run_sql(self, con: duckdb.DuckDBPyConnection, ds: Dataset) -> pa.Table:
+        import duckdb
+
+        assert ds.sql is not None
+        try:
+            return con.sql(ds.sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise _sql_error(ds, exc) from None
+
+    def _call(self, con: duckdb.DuckDBPyConnection, ds: Dataset, context: TransformContext) -> Any:
+        import duckdb
+
+        assert ds.function is not None
+        kwargs: dict[str, Any] = {name: con.table(name) for name in ds.inputs}
+        if ds.takes_context:
+            kwargs["context"] = context
+        try:
+            return ds.function(**kwargs)
+        except duckdb.Error as exc:
+            raise TransformError(
+                f"{ds.name}: DuckDB error in the transform: {str(exc).splitlines()[0]}",
+                location=_user_frame(ds, exc),
+                dataset=ds.name,
+            ) from exc
+        except Exception as exc:
+            raise TransformError(
+                f"{ds.name}: the transform raised {type(exc).__name__}: {exc}",
+                location=_user_frame(ds, exc),
+                dataset=ds.name,
+                hint="run with --debug for the full traceback",
+            ) from exc
+
+
+def to_arrow(result: Any, ds: Dataset) -> pa.Table:
+    """Normalize what a Python transform returned to a pyarrow Table."""
+    import pyarrow as pa
+
+    if isinstance(result, pa.Table):
+        return result
+    if isinstance(result, pa.RecordBatchReader):
+        return result.read_all()
+    if isinstance(result, pa.RecordBatch):
+        return pa.Table.from_batches([result])
+    if hasattr(result, "to_arrow_table") and hasattr(result, "columns"):  # DuckDB relation
+        return result.to_arrow_table()
+    module = type(result).__module__.split(".")[0]
+    if module == "polars":
+        if hasattr(result, "collect"):  # LazyFrame
+            result = result.collect()
+        return result.to_arrow()
+    if module == "pandas":
+        return pa.Table.from_pandas(result, preserve_index=False)
+    raise TransformError(
+        f"{ds.name}: the transform returned {type(result).__name__}; expected a DuckDB "
+        "relation, a pyarrow Table, a Polars or a pandas DataFrame",
+        location=ds.location,
+        dataset=ds.name,
+        expected="relation / Arrow / Polars / pandas",
+        found=type(result).__name__,
+    )
+
+
+def _ident(name: str) -> str:
+    from sqlglot import exp
+
+    return exp.to_identifier(name, quoted=True).sql("duckdb")
+
+
+def _sql_error(ds: Dataset, exc: Exception) -> SQLError:
+    text = str(exc)
+    line = ds.location.line
+    match = _LINE.search(text)
+    if match and line is not None:
+        line += int(match.group(1)) - 1
+    return SQLError(
+        text.splitlines()[0],
+        location=Location(ds.location.file, line),
+        dataset=ds.name,
+        hint=_hint(text),
+    )
+
+
+def _hint(text: str) -> str | None:
+    lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
+    for ln in lines:
+        if ln.lower().startswith(("did you mean", "candidate")):
+            return ln
+    return None
+
+
+def _user_frame(ds: Dataset, exc: BaseException) -> Location:
+    assert ds.function is not None
+    target = inspect.getsourcefile(ds.function)
+    line = ds.location.line
+    if target:
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if Path(frame.filename).resolve() == Path(target).resolve():
+                line = frame.lineno
+    return Location(ds.location.file, line)

@@ -1,0 +1,1 @@
+"""Dataset specifications, the dataset graph and selection."""

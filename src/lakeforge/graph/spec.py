@@ -1,0 +1,188 @@
+"""Dataset specifications.
+
+A dataset's configuration is a pydantic model (:class:`DatasetConfig`) shared by the Python
+decorators and SQL model headers; the write strategy is a discriminated union on
+``strategy``. :class:`Dataset` binds a configuration to its transform (SQL text or a Python
+function), its upstream names and the place it was defined.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lakeforge.errors import Location
+
+Layer = Literal["bronze", "silver", "gold"]
+SchemaEvolution = Literal["add_columns", "fail", "rescue"]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_PARAMETERS = frozenset({"context"})
+RESCUE_COLUMN = "_rescued_data"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Append(_Strict):
+    """Append the transform's output to the table on every build."""
+
+    strategy: Literal["append"] = "append"
+
+
+class Overwrite(_Strict):
+    """Replace the whole table with the transform's output (the default)."""
+
+    strategy: Literal["overwrite"] = "overwrite"
+
+
+class ReplacePartitions(_Strict):
+    """Replace exactly the partitions present in the output; others stay untouched."""
+
+    strategy: Literal["replace_partitions"] = "replace_partitions"
+
+
+class Merge(_Strict):
+    """Upsert by key.
+
+    Args:
+        keys: columns identifying a row.
+        sequence_by: an ordering column; a record never overwrites a row with a greater
+            value, and duplicate keys within one batch keep the greatest. Without it,
+            duplicate keys within one batch are an error.
+        delete_when: SQL condition over the incoming row; matching rows delete the target
+            row (and are never inserted).
+    """
+
+    strategy: Literal["merge"] = "merge"
+    keys: list[str] = Field(min_length=1)
+    sequence_by: str | None = None
+    delete_when: str | None = None
+
+
+class SCD2(_Strict):
+    """Slowly changing dimension type 2: keep every version of a row.
+
+    Args:
+        keys: business key columns.
+        track_columns: columns whose change opens a new version (default: all non-key).
+        sequence_by: column giving each record's point in time (``valid_from``); default
+            is the run's start time.
+        valid_from / valid_to / is_current: names of the bookkeeping columns.
+        close_missing: the input is a full snapshot; keys absent from it get their current
+            version closed.
+    """
+
+    strategy: Literal["scd2"] = "scd2"
+    keys: list[str] = Field(min_length=1)
+    track_columns: list[str] | None = None
+    sequence_by: str | None = None
+    valid_from: str = "valid_from"
+    valid_to: str = "valid_to"
+    is_current: str = "is_current"
+    close_missing: bool = False
+
+
+WriteStrategy = Annotated[
+    Append | Overwrite | ReplacePartitions | Merge | SCD2, Field(discriminator="strategy")
+]
+
+
+class ColumnSpec(_Strict):
+    """Documentation and typing of one column."""
+
+    type: str | None = None
+    description: str | None = None
+    pii: bool = False
+    nullable: bool = True
+
+
+class DatasetConfig(_Strict):
+    """Everything a user declares about a dataset (decorator kwargs or SQL header)."""
+
+    name: str | None = None
+    kind: Literal["table", "view"] = "table"
+    layer: Layer | None = None
+    description: str | None = None
+    owner: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    columns: dict[str, ColumnSpec] = Field(default_factory=dict)
+    partition_by: list[str] = Field(default_factory=list)
+    cluster_by: list[str] = Field(default_factory=list)
+    schema_evolution: SchemaEvolution = "add_columns"
+    retries: int = Field(default=0, ge=0, le=20)
+    write: WriteStrategy = Field(default_factory=Overwrite)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError(f"dataset name {value!r} must match [A-Za-z_][A-Za-z0-9_]*")
+        return value
+
+    @field_validator("tags", "partition_by", "cluster_by", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _column_shorthand(cls, value: Any) -> Any:
+        # `columns: {id: BIGINT}` is shorthand for `{id: {type: BIGINT}}`.
+        if isinstance(value, dict):
+            return {k: {"type": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("write", mode="before")
+    @classmethod
+    def _strategy_shorthand(cls, value: Any) -> Any:
+        # `write: append` is shorthand for `write: {strategy: append}`.
+        return {"strategy": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetConfig:
+        if self.kind == "view" and (self.partition_by or self.cluster_by):
+            raise ValueError("a view is not materialized: it takes no partition_by/cluster_by")
+        if isinstance(self.write, ReplacePartitions) and not self.partition_by:
+            raise ValueError("write strategy replace_partitions needs partition_by")
+        return self
+
+
+@dataclass
+class Dataset:
+    """A dataset of the project: its configuration bound to its transform."""
+
+    name: str
+    config: DatasetConfig
+    location: Location
+    inputs: list[str] = field(default_factory=list)
+    sql: str | None = None
+    function: Callable[..., Any] | None = None
+    source_text: str = ""
+    external_paths: list[str] = field(default_factory=list)
+    takes_context: bool = False
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def is_view(self) -> bool:
+        return self.config.kind == "view"
+
+    @property
+    def layer(self) -> str | None:
+        return self.config.layer
+
+    @property
+    def language(self) -> str:
+        return "sql" if self.sql is not None else "python"
+
+STRATEGY_NAMES = frozenset(
+    m.model_fields["strategy"].default for m in (Append, Overwrite, ReplacePartitions, Merge, SCD2)
+)

@@ -1,0 +1,1 @@
+"""Project configuration (lakeforge.yml) and discovery of pipelines and SQL models."""

@@ -1,0 +1,89 @@
+"""``lakeforge.yml``: the project configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lakeforge.errors import ConfigError, Location
+from lakeforge.project.yamlconf import load_yaml, validate
+
+CONFIG_FILE = "lakeforge.yml"
+STATE_DIR = ".lakeforge"
+
+
+class DatasetDefaults(BaseModel):
+    """Defaults applied to every dataset that does not set the key itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    owner: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    retries: int | None = Field(default=None, ge=0, le=20)
+    schema_evolution: Literal["add_columns", "fail", "rescue"] | None = None
+
+
+class ProjectConfig(BaseModel):
+    """The contents of ``lakeforge.yml``.
+
+    Attributes:
+        name: project name.
+        storage: where Delta tables live: a local path (relative to the project) or a URI.
+        storage_options: options passed to delta-rs (object-store credentials, endpoint…).
+        metadata_url: SQLAlchemy URL of the metadata store (SQLite under .lakeforge/ by default).
+        engine: the transform engine.
+        threads: how many datasets build at once (default: number of CPUs).
+        defaults: dataset defaults.
+        vars: free-form values for pipelines.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "lakeforge"
+    storage: str = "./lakehouse"
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    metadata_url: str | None = None
+    engine: Literal["duckdb"] = "duckdb"
+    threads: int | None = Field(default=None, ge=1, le=256)
+    defaults: DatasetDefaults = Field(default_factory=DatasetDefaults)
+    vars: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_config(root: Path) -> ProjectConfig:
+    """Read ``lakeforge.yml`` under ``root``; environment ``${VAR}`` references are expanded."""
+    path = root / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"no {CONFIG_FILE} in {root}",
+            location=Location(str(path)),
+            hint="run inside a project folder, pass --project-dir, or create one with "
+            "`lakeforge init NAME`",
+        )
+    text = path.read_text(encoding="utf-8")
+    data, lines = load_yaml(os.path.expandvars(text), str(path))
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(
+            f"{CONFIG_FILE} must be a mapping of keys to values",
+            location=Location(str(path), 1),
+        )
+    return validate(ProjectConfig, data, str(path), lines)
+
+
+def resolve_storage_root(root: Path, config: ProjectConfig) -> str:
+    """The storage root as a URI or absolute path."""
+    if "://" in config.storage:
+        return config.storage.rstrip("/")
+    return str((root / config.storage).resolve())
+
+
+def resolve_metadata_url(root: Path, config: ProjectConfig) -> str:
+    """The metadata store URL (env ``LAKEFORGE_METADATA_URL`` overrides the file)."""
+    url = os.environ.get("LAKEFORGE_METADATA_URL") or config.metadata_url
+    if url:
+        return url
+    state = root / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(state / 'metadata.db').resolve()}"

@@ -1,0 +1,135 @@
+"""Load a project: ``lakeforge.yml``, ``pipelines/*.py`` and ``models/**/*.sql``."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from lakeforge.errors import ConfigError, LakeforgeError, Location
+from lakeforge.graph.dag import Graph
+from lakeforge.graph.decorators import ATTRIBUTE
+from lakeforge.graph.spec import Dataset
+from lakeforge.project.config import (
+    CONFIG_FILE,
+    ProjectConfig,
+    load_config,
+    resolve_metadata_url,
+    resolve_storage_root,
+)
+from lakeforge.sql.model import load_sql_model
+
+
+@dataclass
+class Project:
+    """A loaded, validated project."""
+
+    root: Path
+    config: ProjectConfig
+    graph: Graph
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def storage_root(self) -> str:
+        return resolve_storage_root(self.root, self.config)
+
+    @property
+    def metadata_url(self) -> str:
+        return resolve_metadata_url(self.root, self.config)
+
+
+def find_root(start: Path) -> Path:
+    """The nearest folder at or above ``start`` holding ``lakeforge.yml``."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    raise ConfigError(
+        f"no {CONFIG_FILE} found in {start} or any parent folder",
+        hint="run inside a project, pass --project-dir, or create one with `lakeforge init NAME`",
+    )
+
+
+def load_project(start: Path | str = ".") -> Project:
+    """Load the project containing ``start`` (a folder)."""
+    root = find_root(Path(start))
+    config = load_config(root)
+    datasets = [*_load_pipelines(root), *_load_models(root)]
+    datasets = [_apply_defaults(ds, config) for ds in datasets]
+    return Project(root=root, config=config, graph=Graph(datasets))
+
+
+def _apply_defaults(ds: Dataset, config: ProjectConfig) -> Dataset:
+    defaults = config.defaults.model_dump(exclude_none=True)
+    update = {k: v for k, v in defaults.items() if k not in ds.config.model_fields_set and v}
+    if update:
+        ds.config = ds.config.model_copy(update=update)
+    return ds
+
+
+def _load_models(root: Path) -> list[Dataset]:
+    models = root / "models"
+    if not models.is_dir():
+        return []
+    return [load_sql_model(path, root) for path in sorted(models.rglob("*.sql"))]
+
+
+def _load_pipelines(root: Path) -> list[Dataset]:
+    pipelines = root / "pipelines"
+    if not pipelines.is_dir():
+        return []
+    found: list[Dataset] = []
+    package = "lakeforge_project_" + hashlib.sha1(str(root).encode()).hexdigest()[:10]
+    root_str = str(root)
+    added = root_str not in sys.path
+    if added:
+        sys.path.insert(0, root_str)
+    try:
+        for path in sorted(pipelines.glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            module = _import(path, f"{package}.{path.stem}", root)
+            for value in vars(module).values():
+                ds = getattr(value, ATTRIBUTE, None)
+                if isinstance(ds, Dataset) and getattr(value, "__module__", None) == module.__name__:
+                    found.append(ds)
+    finally:
+        if added:
+            sys.path.remove(root_str)
+    return found
+
+
+def _import(path: Path, module_name: str, root: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import {path}", location=Location(str(path)))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    rel = str(path.relative_to(root))
+    try:
+        spec.loader.exec_module(module)
+    except LakeforgeError:
+        raise
+    except SyntaxError as exc:
+        raise ConfigError(
+            f"Python syntax error: {exc.msg}",
+            location=Location(rel, exc.lineno, exc.offset),
+        ) from None
+    except Exception as exc:
+        line = None
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if Path(frame.filename).resolve() == path.resolve():
+                line = frame.lineno
+        raise ConfigError(
+            f"importing the pipeline failed: {type(exc).__name__}: {exc}",
+            location=Location(rel, line),
+            hint="run with --debug for the full traceback",
+        ) from exc
+    return module

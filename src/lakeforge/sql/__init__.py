@@ -1,0 +1,1 @@
+"""SQL models: header parsing, dependency extraction, rendering for the engine."""

@@ -1,0 +1,1 @@
+"""Delta Lake storage: pinned reads, write strategies, commit metadata, maintenance."""

@@ -1,0 +1,242 @@
+"""All Delta I/O of Lakeforge: open, pinned reads, commits with metadata, history.
+
+Every write Lakeforge makes is one Delta commit carrying
+
+- an app transaction ``(app_id=lakeforge/<dataset>, version=<batch>)`` — the batch sequence
+  number, so a replayed batch whose version is already committed is recognised and skipped;
+- commit metadata under the key ``lakeforge``: run id, code fingerprint, input versions,
+  external state and batch — read back by the planner, so the table is the source of truth.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from lakeforge.errors import CommitConflict, DatasetNotFound, StorageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    from deltalake import CommitProperties, DeltaTable
+
+METADATA_KEY = "lakeforge"
+# Operations that rewrite files without changing the rows a reader sees.
+_MAINTENANCE_OPERATIONS = {"OPTIMIZE", "VACUUM START", "VACUUM END", "CHECKPOINT", "SET TBLPROPERTIES"}
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """What one Lakeforge commit records about how its data was produced."""
+
+    run_id: str
+    dataset: str
+    fingerprint: str
+    batch: int
+    input_versions: dict[str, int] = field(default_factory=dict)
+    external_state: dict[str, str] = field(default_factory=dict)
+    full_refresh: bool = False
+
+    def to_metadata(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_metadata(cls, data: Any) -> CommitInfo | None:
+        if not isinstance(data, dict):
+            return None
+        try:
+            return cls(
+                run_id=str(data["run_id"]),
+                dataset=str(data["dataset"]),
+                fingerprint=str(data["fingerprint"]),
+                batch=int(data["batch"]),
+                input_versions={k: int(v) for k, v in data.get("input_versions", {}).items()},
+                external_state={k: str(v) for k, v in data.get("external_state", {}).items()},
+                full_refresh=bool(data.get("full_refresh", False)),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class TableState:
+    """What the planner needs to know about a table, read from its log.
+
+    Attributes:
+        version: the table's current version.
+        data_version: the newest version that changed rows (maintenance commits excluded).
+        last_commit: the newest Lakeforge commit's metadata, if any.
+        last_commit_version: its version.
+    """
+
+    version: int
+    data_version: int
+    last_commit: CommitInfo | None
+    last_commit_version: int | None
+
+
+def app_id(dataset: str) -> str:
+    """The app transaction id of a dataset's flow."""
+    return f"lakeforge/{dataset}"
+
+
+class DeltaStore:
+    """Delta tables of a project, one folder per dataset under a storage root."""
+
+    def __init__(self, root: str, storage_options: dict[str, str] | None = None) -> None:
+        self.root = root.rstrip("/")
+        self.storage_options = dict(storage_options or {}) or None
+        if "://" not in self.root:
+            os.makedirs(self.root, exist_ok=True)
+
+    def uri(self, dataset: str) -> str:
+        return f"{self.root}/{dataset}"
+
+    def exists(self, dataset: str) -> bool:
+        from deltalake import DeltaTable
+
+        return bool(DeltaTable.is_deltatable(self.uri(dataset), self.storage_options))
+
+    def open(self, dataset: str, version: int | str | datetime | None = None) -> DeltaTable:
+        """Open a table, optionally at a version or timestamp (time travel)."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            table = DeltaTable(self.uri(dataset), storage_options=self.storage_options)
+        except TableNotFoundError:
+            raise DatasetNotFound(
+                f"dataset {dataset!r} has no table yet",
+                dataset=dataset,
+                hint="build it with `lakeforge run " + dataset + "`",
+            ) from None
+        if version is not None:
+            try:
+                table.load_as_version(version)
+            except Exception as exc:
+                raise DatasetNotFound(
+                    f"dataset {dataset!r} has no version {version} "
+                    f"(current version is {table.version()}): {exc}",
+                    dataset=dataset,
+                    hint="`lakeforge history " + dataset + "` lists the versions",
+                ) from None
+        return table
+
+    def version(self, dataset: str) -> int | None:
+        if not self.exists(dataset):
+            return None
+        return self.open(dataset).version()
+
+    def read(self, dataset: str, version: int) -> pads.Dataset:
+        """A pyarrow dataset over the table pinned at ``version`` (zero-copy for DuckDB)."""
+        return self.open(dataset, version).to_pyarrow_dataset()
+
+    def schema(self, dataset: str, version: int | None = None) -> pa.Schema | None:
+        import pyarrow as pa
+
+        if not self.exists(dataset):
+            return None
+        return pa.schema(self.open(dataset, version).schema().to_arrow())
+
+    def state(self, dataset: str, *, scan: int = 50) -> TableState | None:
+        """Current version, newest data-changing version and newest Lakeforge commit."""
+        if not self.exists(dataset):
+            return None
+        table = self.open(dataset)
+        version = table.version()
+        data_version: int | None = None
+        last: CommitInfo | None = None
+        last_version: int | None = None
+        for entry in table.history(scan):
+            v = int(entry.get("version", -1))
+            if data_version is None and entry.get("operation") not in _MAINTENANCE_OPERATIONS:
+                data_version = v
+            if last is None:
+                info = CommitInfo.from_metadata(entry.get(METADATA_KEY))
+                if info is not None:
+                    last, last_version = info, v
+            if data_version is not None and last is not None:
+                break
+        return TableState(
+            version=version,
+            data_version=version if data_version is None else data_version,
+            last_commit=last,
+            last_commit_version=last_version,
+        )
+
+    def committed_batch(self, dataset: str) -> int:
+        """The newest batch sequence number committed for ``dataset`` (0 when none)."""
+        if not self.exists(dataset):
+            return 0
+        return self.open(dataset).transaction_version(app_id(dataset)) or 0
+
+    def history(self, dataset: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return list(self.open(dataset).history(limit))
+
+    def commit_properties(self, info: CommitInfo) -> CommitProperties:
+        from deltalake import CommitProperties, Transaction
+
+        return CommitProperties(
+            custom_metadata={METADATA_KEY: info.to_metadata()},
+            app_transactions=[Transaction(app_id=app_id(info.dataset), version=info.batch)],
+        )
+
+    def commit_empty(self, dataset: str, schema: pa.Schema, info: CommitInfo) -> int:
+        """Record a build that changed no rows (inputs consumed, output unchanged)."""
+        self.write(dataset, schema.empty_table(), info, mode="append")
+        return self.open(dataset).version()
+
+    def write(
+        self,
+        dataset: str,
+        data: pa.Table,
+        info: CommitInfo,
+        *,
+        mode: str,
+        partition_by: list[str] | None = None,
+        schema_mode: str | None = None,
+        predicate: str | None = None,
+    ) -> int:
+        """One ``write_deltalake`` commit; returns the new version."""
+        from deltalake import write_deltalake
+
+        with translate_commit_errors(dataset):
+            write_deltalake(
+                self.uri(dataset),
+                data,
+                mode=mode,  # type: ignore[arg-type]
+                partition_by=partition_by or None,
+                schema_mode=schema_mode,  # type: ignore[arg-type]
+                predicate=predicate,
+                storage_options=self.storage_options,
+                commit_properties=self.commit_properties(info),
+            )
+        return self.open(dataset).version()
+
+
+class translate_commit_errors:
+    """Turn delta-rs commit conflicts into :class:`CommitConflict` (retryable)."""
+
+    def __init__(self, dataset: str) -> None:
+        self.dataset = dataset
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            return False
+        from deltalake.exceptions import CommitFailedError
+
+        text = str(exc)
+        if isinstance(exc, CommitFailedError) or "concurrent" in text.lower():
+            raise CommitConflict(
+                f"a concurrent writer committed to {self.dataset!r} first: {text}",
+                dataset=self.dataset,
+                hint="the task is retried automatically",
+            ) from exc
+        if isinstance(exc, OSError | RuntimeError) and not isinstance(exc, StorageError):
+            raise StorageError(f"writing {self.dataset!r} failed: {text}", dataset=self.dataset) from exc
+        return False
