@@ -57,6 +57,13 @@ class Engine(Protocol):
         ``views`` lists the views it reads through, in dependency order."""
         ...
 
-    def query(self, sql: str, tables: dict[str, pads.Dataset], limit: int | None = None) -> pa.Table:
-        """Run an ad-hoc SELECT over the given tables."""
+    def query(
+        self,
+        sql: str,
+        tables: dict[str, pads.Dataset],
+        views: list[Dataset] | None = None,
+        context: TransformContext | None = None,
+        limit: int | None = None,
+    ) -> pa.Table:
+        """Run an ad-hoc SELECT over the given tables and views."""
         ...

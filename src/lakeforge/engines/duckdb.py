@@ -60,13 +60,23 @@ class DuckDBEngine:
         finally:
             con.close()
 
-    def query(self, sql: str, tables: dict[str, pads.Dataset], limit: int | None = None) -> pa.Table:
+    def query(
+        self,
+        sql: str,
+        tables: dict[str, pads.Dataset],
+        views: list[Dataset] | None = None,
+        context: TransformContext | None = None,
+        limit: int | None = None,
+    ) -> pa.Table:
         import duckdb
 
         con = self.connect()
         try:
             for name, data in tables.items():
                 con.register(name, data)
+            for view in views or []:
+                assert context is not None, "views need a transform context"
+                self._define_view(con, view, context)
             try:
                 rel = con.sql(sql)
                 if rel is None:

@@ -1,0 +1,225 @@
+"""Read commands: ``ls``, ``show``, ``history``, ``sql``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from lakeforge.cli.output import arrow_records, arrow_table, console, print_json
+from lakeforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lakeforge.project.loader import Project
+    from lakeforge.storage.delta import DeltaStore
+
+
+def _open(ctx: typer.Context) -> tuple[Project, DeltaStore]:
+    from lakeforge.cli.app import settings
+    from lakeforge.project.loader import load_project
+    from lakeforge.storage.delta import DeltaStore
+
+    project = load_project(settings(ctx).project_dir)
+    return project, DeltaStore(project.storage_root, project.config.storage_options)
+
+
+def ls(
+    ctx: typer.Context,
+    selection: list[str] | None = typer.Argument(None, help="Restrict to a selection."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List datasets: layer, kind, write strategy, version, rows, freshness of the build."""
+    from rich.table import Table
+
+    from lakeforge.execution.planner import plan
+    from lakeforge.graph.selection import select
+
+    project, store = _open(ctx)
+    names = select(project.graph, selection)
+    assessments = {a.dataset: a for a in plan(project.graph, store, project.root, names)}
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        ds = project.graph[name]
+        a = assessments[name]
+        state = a.state
+        row: dict[str, Any] = {
+            "name": name,
+            "layer": ds.layer,
+            "kind": ds.kind,
+            "language": ds.language,
+            "write": None if ds.is_view else ds.config.write.strategy,
+            "owner": ds.config.owner,
+            "tags": ds.config.tags,
+            "version": state.version if state else None,
+            "rows": None,
+            "status": "view" if ds.is_view else ("up to date" if not a.stale else "stale"),
+            "reason": None if ds.is_view or not a.stale else a.reason,
+            "location": str(ds.location),
+        }
+        if state is not None:
+            row["rows"] = store.open(name).count()
+        rows.append(row)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{project.name}: {len(rows)} datasets", title_justify="left")
+    for col in ("name", "layer", "kind", "write", "version", "rows", "status"):
+        table.add_column(col, justify="right" if col in ("version", "rows") else "left")
+    for r in rows:
+        status = r["status"] if r["reason"] is None else f"[yellow]stale[/] [dim]({r['reason']})[/]"
+        table.add_row(
+            r["name"], r["layer"] or "", r["kind"], r["write"] or "",
+            "" if r["version"] is None else f"v{r['version']}",
+            "" if r["rows"] is None else f"{r['rows']:,}",
+            status,
+        )
+    console.print(table)
+
+
+def show(
+    ctx: typer.Context,
+    dataset: str = typer.Argument(..., help="Dataset name."),
+    limit: int = typer.Option(20, "--limit", "-n", min=0, help="Rows to show."),
+    version: int | None = typer.Option(None, "--version", "-v", min=0, help="Time travel: a version."),
+    as_of: str | None = typer.Option(None, "--as-of", help="Time travel: an ISO timestamp."),
+    where: str | None = typer.Option(None, "--where", help="SQL filter, e.g. \"amount > 100\"."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show rows of a dataset, optionally at a past version or time."""
+    from lakeforge.engines.base import TransformContext
+    from lakeforge.engines.duckdb import DuckDBEngine
+    from sqlglot import exp
+
+    project, store = _open(ctx)
+    ds = project.graph[dataset]
+    if version is not None and as_of is not None:
+        raise ConfigError("give either --version or --as-of, not both")
+    pin: int | datetime | None = version
+    if as_of is not None:
+        pin = _parse_time(as_of)
+    engine = DuckDBEngine(project.root)
+    query = exp.select("*").from_(exp.to_identifier(dataset, quoted=True))
+    if where:
+        query = query.where(where, dialect="duckdb")
+    if ds.is_view:
+        if pin is not None:
+            raise ConfigError(f"{dataset} is a view: time travel applies to tables")
+        tables = {n: store.read(n, store.open(n).version()) for n in project.graph.materialized_inputs(dataset)}
+        views = [project.graph[v] for v in project.graph.views_needed(dataset)] + [ds]
+        context = TransformContext(run_id="adhoc", dataset=dataset, started_at=datetime.now(UTC), vars=dict(project.config.vars))
+        data = engine.query(query.sql("duckdb"), tables, views, context, limit=limit)
+        shown_version = "view"
+    else:
+        table = store.open(dataset, pin)
+        data = engine.query(query.sql("duckdb"), {dataset: table.to_pyarrow_dataset()}, limit=limit)
+        shown_version = f"v{table.version()}"
+    if as_json:
+        print_json({"dataset": dataset, "version": shown_version, "rows": arrow_records(data)})
+        return
+    console.print(arrow_table(data, title=f"{dataset} @ {shown_version} ({data.num_rows} rows shown)"))
+
+
+def history(
+    ctx: typer.Context,
+    dataset: str | None = typer.Argument(None, help="A dataset: its Delta versions. None: recent runs."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="Entries to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show a dataset's versions (with the run that wrote each), or recent runs."""
+    from rich.table import Table
+
+    project, store = _open(ctx)
+    if dataset is None:
+        from lakeforge.metadata.store import MetadataStore
+
+        runs = MetadataStore(project.metadata_url).list_runs(limit)
+        if as_json:
+            print_json([{k: v for k, v in vars(r).items() if k != "tasks"} for r in runs])
+            return
+        table = Table(title="runs", title_justify="left")
+        for col in ("run", "status", "started", "duration", "selection", "error"):
+            table.add_column(col)
+        for r in runs:
+            dur = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else ""
+            table.add_row(r.id, r.status, r.started_at.isoformat(timespec="seconds"), dur, r.selection or "all", r.error or "")
+        console.print(table)
+        return
+    project.graph[dataset]
+    entries = store.history(dataset, limit)
+    rows = []
+    for e in entries:
+        meta = e.get("lakeforge") or {}
+        metrics = e.get("operationMetrics") or {}
+        rows.append(
+            {
+                "version": e.get("version"),
+                "timestamp": datetime.fromtimestamp(e["timestamp"] / 1000, UTC).isoformat(timespec="seconds"),
+                "operation": e.get("operation"),
+                "run_id": meta.get("run_id"),
+                "batch": meta.get("batch"),
+                "fingerprint": meta.get("fingerprint"),
+                "input_versions": meta.get("input_versions"),
+                "rows_added": metrics.get("num_added_rows", metrics.get("num_target_rows_inserted")),
+                "metrics": metrics,
+            }
+        )
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{dataset}: history", title_justify="left")
+    for col in ("version", "timestamp", "operation", "run", "inputs", "rows added"):
+        table.add_column(col)
+    for r in rows:
+        inputs = ", ".join(f"{k}@v{v}" for k, v in (r["input_versions"] or {}).items())
+        table.add_row(str(r["version"]), r["timestamp"], r["operation"] or "", r["run_id"] or "", inputs, "" if r["rows_added"] is None else str(r["rows_added"]))
+    console.print(table)
+
+
+def sql(
+    ctx: typer.Context,
+    query: str = typer.Argument(..., help="A SELECT over dataset names."),
+    limit: int = typer.Option(1000, "--limit", "-n", min=0, help="Maximum rows printed."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Run an ad-hoc query over the current version of every built dataset."""
+    from lakeforge.engines.base import TransformContext
+    from lakeforge.engines.duckdb import DuckDBEngine
+    from lakeforge.sql.model import extract_references, parse_select
+
+    project, store = _open(ctx)
+    tree = parse_select(query, "<query>", 0, "query")
+    refs, _ = extract_references(tree)
+    graph = project.graph
+    wanted = [r for r in refs if r in graph]
+    tables: dict[str, Any] = {}
+    views = []
+    for name in wanted:
+        for base in ([name] if not graph[name].is_view else graph.materialized_inputs(name)):
+            if base not in tables:
+                tables[base] = store.open(base).to_pyarrow_dataset()
+        if graph[name].is_view:
+            views.extend(graph[v] for v in [*graph.views_needed(name), name] if graph[v] not in views)
+    context = TransformContext(run_id="adhoc", dataset="query", started_at=datetime.now(UTC), vars=dict(project.config.vars))
+    data = DuckDBEngine(project.root).query(query, tables, views, context, limit=limit)
+    if as_json:
+        print_json(arrow_records(data))
+        return
+    console.print(arrow_table(data, title=f"{data.num_rows} rows"))
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"invalid timestamp {text!r}", hint="use ISO 8601, e.g. 2026-01-31T12:00:00Z"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ls")(ls)
+    app.command()(show)
+    app.command()(history)
+    app.command()(sql)

@@ -1,0 +1,1 @@
+"""Planning (what is stale and why) and executing runs."""

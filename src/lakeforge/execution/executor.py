@@ -1,0 +1,419 @@
+"""Execute a run: build stale datasets in dependency order, in parallel where independent.
+
+Per task: pin every input to its current Delta version, re-assess staleness against those
+versions, transform, write one commit, record. Transient errors are retried with
+exponential backoff and jitter; a failure skips only the datasets downstream of it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lakeforge.engines.base import TransformContext
+from lakeforge.errors import CommitConflict, DatasetNotFound, LakeforgeError
+from lakeforge.execution.planner import Assessment, assess, plan
+from lakeforge.graph.selection import select
+from lakeforge.observability.runlog import RunLog, RunLogRecord
+from lakeforge.project.config import STATE_DIR
+from lakeforge.storage.delta import CommitInfo, DeltaStore
+from lakeforge.storage.write import write_dataset
+
+if TYPE_CHECKING:
+    from lakeforge.engines.base import Engine
+    from lakeforge.metadata.store import MetadataStore
+    from lakeforge.project.loader import Project
+
+_LOG_STATUS = {"up_to_date": "skipped", "upstream_failed": "skipped"}
+BASE_DELAY = 0.5
+MAX_DELAY = 30.0
+CONFLICT_RETRIES = 3
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC timestamp + random suffix."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+@dataclass
+class TaskResult:
+    """The outcome of one dataset in a run."""
+
+    dataset: str
+    layer: str | None
+    status: str  # success | failed | up_to_date | upstream_failed | view | planned
+    reason: str
+    started_at: datetime
+    finished_at: datetime
+    attempts: int = 0
+    rows_in: int | None = None
+    rows_out: int | None = None
+    input_versions: dict[str, int] = field(default_factory=dict)
+    version_before: int | None = None
+    output_version: int | None = None
+    fingerprint: str = ""
+    error: LakeforgeError | None = None
+    traceback: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "layer": self.layer,
+            "status": self.status,
+            "reason": self.reason,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+            "duration_seconds": round(self.duration, 3),
+            "attempts": self.attempts,
+            "rows_in": self.rows_in,
+            "rows_out": self.rows_out,
+            "input_versions": self.input_versions,
+            "version_before": self.version_before,
+            "output_version": self.output_version,
+            "fingerprint": self.fingerprint,
+            "error": self.error.to_dict() if self.error else None,
+            "metrics": self.metrics,
+        }
+
+
+@dataclass
+class RunResult:
+    """The outcome of a run."""
+
+    run_id: str
+    status: str  # success | failed
+    started_at: datetime
+    finished_at: datetime
+    tasks: list[TaskResult]
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "dry_run": self.dry_run,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+            "duration_seconds": round((self.finished_at - self.started_at).total_seconds(), 3),
+            "tasks": [t.to_dict() for t in self.tasks],
+        }
+
+
+class RunListener(Protocol):
+    """Receives progress events (the CLI's progress display implements it)."""
+
+    def on_plan(self, names: list[str], assessments: list[Assessment]) -> None: ...
+    def on_task_start(self, dataset: str, reason: str) -> None: ...
+    def on_task_end(self, result: TaskResult) -> None: ...
+
+
+class _SilentListener:
+    def on_plan(self, names: list[str], assessments: list[Assessment]) -> None:
+        return None
+
+    def on_task_start(self, dataset: str, reason: str) -> None:
+        return None
+
+    def on_task_end(self, result: TaskResult) -> None:
+        return None
+
+
+class Runner:
+    """Runs selections of a project's graph."""
+
+    def __init__(
+        self,
+        project: Project,
+        *,
+        store: DeltaStore | None = None,
+        engine: Engine | None = None,
+        metadata: MetadataStore | None = None,
+        listener: RunListener | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        from lakeforge.engines.duckdb import DuckDBEngine
+
+        self.project = project
+        self.graph = project.graph
+        self.store = store or DeltaStore(project.storage_root, project.config.storage_options)
+        self.engine: Engine = engine or DuckDBEngine(project.root)
+        if metadata is None:
+            from lakeforge.metadata.store import MetadataStore
+
+            metadata = MetadataStore(project.metadata_url)
+        self.metadata = metadata
+        self.listener: RunListener = listener or _SilentListener()
+        self.runlog = RunLog(project.root / STATE_DIR)
+        self.sleep = sleep
+
+    def plan(self, selection: str | list[str] | None = None, *, full_refresh: bool = False) -> list[Assessment]:
+        names = select(self.graph, selection)
+        return plan(self.graph, self.store, self.project.root, names, full_refresh=full_refresh)
+
+    def run(
+        self,
+        selection: str | list[str] | None = None,
+        *,
+        full_refresh: bool = False,
+        dry_run: bool = False,
+        threads: int | None = None,
+    ) -> RunResult:
+        """Build what is stale in ``selection`` (everything when empty)."""
+        started = datetime.now(UTC)
+        run_id = new_run_id()
+        names = select(self.graph, selection)
+        assessments = plan(self.graph, self.store, self.project.root, names, full_refresh=full_refresh)
+        self.listener.on_plan(names, assessments)
+        if dry_run:
+            tasks = [self._planned(a, started) for a in assessments]
+            return RunResult(run_id, "success", started, datetime.now(UTC), tasks, dry_run=True)
+        sel_text = selection if isinstance(selection, str) else " ".join(selection or [])
+        self.metadata.start_run(
+            run_id,
+            project=self.project.name,
+            selection=sel_text or None,
+            full_refresh=full_refresh,
+            started_at=started,
+        )
+        results = self._execute(run_id, started, names, full_refresh, threads)
+        failed = any(r.status in ("failed", "upstream_failed") for r in results.values())
+        status = "failed" if failed else "success"
+        finished = datetime.now(UTC)
+        first_error = next((r.error for r in results.values() if r.error), None)
+        self.metadata.finish_run(
+            run_id, status=status, finished_at=finished, error=str(first_error) if first_error else None
+        )
+        ordered = [results[n] for n in names]
+        return RunResult(run_id, status, started, finished, ordered)
+
+    def _planned(self, a: Assessment, at: datetime) -> TaskResult:
+        ds = self.graph[a.dataset]
+        status = "view" if ds.is_view else ("planned" if a.stale else "up_to_date")
+        return TaskResult(a.dataset, ds.layer, status, a.reason if not ds.is_view else "view", at, at, fingerprint=a.fingerprint)
+
+    def _execute(
+        self, run_id: str, started: datetime, names: list[str], full_refresh: bool, threads: int | None
+    ) -> dict[str, TaskResult]:
+        selected = set(names)
+        pending = {n: {u for u in self.graph[n].inputs if u in selected} for n in names}
+        results: dict[str, TaskResult] = {}
+        workers = threads or self.project.config.threads or 4
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lakeforge") as pool:
+            running: dict[Future[TaskResult], str] = {}
+            while pending or running:
+                for name in [n for n, deps in pending.items() if not deps]:
+                    del pending[name]
+                    failed_up = [
+                        u for u in self.graph[name].inputs
+                        if u in results and results[u].status in ("failed", "upstream_failed")
+                    ]
+                    if failed_up:
+                        results[name] = self._record_skip(run_id, name, failed_up)
+                        self._release(name, pending)
+                        continue
+                    running[pool.submit(self._task, run_id, started, name, full_refresh)] = name
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    name = running.pop(fut)
+                    results[name] = fut.result()
+                    self._release(name, pending)
+        return results
+
+    @staticmethod
+    def _release(name: str, pending: dict[str, set[str]]) -> None:
+        for deps in pending.values():
+            deps.discard(name)
+
+    def _record_skip(self, run_id: str, name: str, failed_up: list[str]) -> TaskResult:
+        ds = self.graph[name]
+        now = datetime.now(UTC)
+        reason = f"upstream failed: {', '.join(failed_up)}"
+        result = TaskResult(name, ds.layer, "upstream_failed", reason, now, now)
+        self.metadata.record_task(run_id, dataset=name, layer=ds.layer, status="upstream_failed", reason=reason, at=now)
+        self._log(run_id, result)
+        self.listener.on_task_end(result)
+        return result
+
+    def _task(self, run_id: str, run_started: datetime, name: str, full_refresh: bool) -> TaskResult:
+        ds = self.graph[name]
+        started = datetime.now(UTC)
+        if ds.is_view:
+            # Views are not stored: nothing to build or record.
+            result = TaskResult(name, ds.layer, "view", "views are computed when read", started, started)
+            self.listener.on_task_end(result)
+            return result
+        assessment = assess(ds, self.graph, self.store, self.project.root, full_refresh=full_refresh)
+        if not assessment.stale:
+            result = TaskResult(name, ds.layer, "up_to_date", "up to date", started, started, fingerprint=assessment.fingerprint)
+            self.metadata.record_task(run_id, dataset=name, layer=ds.layer, status="up_to_date", reason="up to date", at=started)
+            self._log(run_id, result)
+            self.listener.on_task_end(result)
+            return result
+        self.listener.on_task_start(name, assessment.reason)
+        task_id = self.metadata.start_task(run_id, dataset=name, layer=ds.layer, reason=assessment.reason, started_at=started)
+        result = TaskResult(name, ds.layer, "running", assessment.reason, started, started, fingerprint=assessment.fingerprint)
+        attempt = 0
+        while True:
+            attempt += 1
+            result.attempts = attempt
+            try:
+                self._build(run_id, run_started, ds, assessment, full_refresh, result)
+                result.status = "success"
+                break
+            except LakeforgeError as exc:
+                if attempt <= allowed_retries(exc, ds.config.retries):
+                    self.sleep(backoff_delay(attempt))
+                    continue
+                result.status, result.error = "failed", exc
+                result.traceback = traceback.format_exc()
+                break
+            except Exception as exc:  # a bug or an unexpected library error: report, never hide
+                result.status = "failed"
+                result.error = LakeforgeError(
+                    f"{name}: unexpected {type(exc).__name__}: {exc}",
+                    dataset=name,
+                    hint="run with --debug for the full traceback; please report it",
+                )
+                result.traceback = traceback.format_exc()
+                break
+        result.finished_at = datetime.now(UTC)
+        self.metadata.finish_task(
+            task_id,
+            status=result.status,
+            finished_at=result.finished_at,
+            attempts=result.attempts,
+            rows_in=result.rows_in,
+            rows_out=result.rows_out,
+            input_versions=result.input_versions,
+            output_version=result.output_version,
+            fingerprint=result.fingerprint,
+            error=str(result.error) if result.error else None,
+            metrics=result.metrics,
+        )
+        self._log(run_id, result)
+        self.listener.on_task_end(result)
+        return result
+
+    def _build(
+        self,
+        run_id: str,
+        run_started: datetime,
+        ds: Any,
+        assessment: Assessment,
+        full_refresh: bool,
+        result: TaskResult,
+    ) -> None:
+        # Pin every input at task start: the whole task reads one consistent snapshot.
+        pinned: dict[str, int] = {}
+        for up in self.graph.materialized_inputs(ds.name):
+            version = self.store.version(up)
+            if version is None:
+                raise DatasetNotFound(
+                    f"{ds.name} reads {up}, which has never been built",
+                    dataset=ds.name,
+                    hint=f"build it first: `lakeforge run +{ds.name}`",
+                )
+            pinned[up] = version
+        result.input_versions = pinned
+        inputs = {up: self.store.read(up, v) for up, v in pinned.items()}
+        result.rows_in = sum(d.count_rows() for d in inputs.values())
+        target_version = self.store.version(ds.name)
+        result.version_before = target_version
+        context = TransformContext(
+            run_id=run_id,
+            dataset=ds.name,
+            started_at=run_started,
+            full_refresh=full_refresh,
+            input_versions=pinned,
+            vars=dict(self.project.config.vars),
+        )
+        views = [self.graph[v] for v in self.graph.views_needed(ds.name)]
+        data = self.engine.transform(ds, inputs, views, context)
+        result.rows_out = data.num_rows
+        info = CommitInfo(
+            run_id=run_id,
+            dataset=ds.name,
+            fingerprint=assessment.fingerprint,
+            batch=self.store.committed_batch(ds.name) + 1,
+            input_versions=pinned,
+            external_state=assessment.external_state,
+            full_refresh=full_refresh,
+        )
+        written = write_dataset(
+            self.store,
+            ds,
+            data,
+            info,
+            target_version=None if full_refresh else target_version,
+            now=run_started,
+        )
+        result.output_version = written.version
+        result.metrics = {
+            "rows_written": written.rows_written,
+            "inserted": written.inserted,
+            "updated": written.updated,
+            "deleted": written.deleted,
+            "stale_records": written.stale_records,
+            "added_columns": written.added_columns,
+            "rescued_columns": written.rescued_columns,
+        }
+
+    def _log(self, run_id: str, r: TaskResult) -> None:
+        self.runlog.write(
+            RunLogRecord(
+                pipeline_name=self.project.name,
+                run_id=run_id,
+                started_at=r.started_at.isoformat(),
+                completed_at=r.finished_at.isoformat(),
+                status=_LOG_STATUS.get(r.status, r.status),
+                stage=f"{r.layer}.{r.dataset}" if r.layer else r.dataset,
+                dataset=r.dataset,
+                layer=r.layer,
+                reason=r.reason,
+                rows_extracted=r.rows_in or 0,
+                rows_transformed=r.rows_out or 0,
+                rows_loaded=int(r.metrics.get("rows_written", 0)),
+                rows_rejected=0,
+                duration_seconds=round(r.duration, 3),
+                error_message=str(r.error) if r.error else "",
+                watermark_before="" if r.version_before is None else f"v{r.version_before}",
+                watermark_after="" if r.output_version is None else f"v{r.output_version}",
+                input_versions=r.input_versions,
+                output_version=r.output_version,
+                fingerprint=r.fingerprint,
+                attempts=r.attempts,
+            )
+        )
+
+
+def allowed_retries(exc: LakeforgeError, configured: int) -> int:
+    """How many retries an error deserves: none when terminal; a lost commit race always
+    gets a few, since retrying it is safe and usually succeeds."""
+    if not exc.retryable:
+        return 0
+    if isinstance(exc, CommitConflict):
+        return max(configured, CONFLICT_RETRIES)
+    return configured
+
+
+def backoff_delay(attempt: int, base: float = BASE_DELAY, cap: float = MAX_DELAY) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base·2^(attempt-1))]."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))

@@ -1,0 +1,1 @@
+"""Structured run log, progress display, metrics."""
