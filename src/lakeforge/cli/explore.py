@@ -105,15 +105,15 @@ def show(
     if ds.is_view:
         if pin is not None:
             raise ConfigError(f"{dataset} is a view: time travel applies to tables")
-        tables = {n: store.read(n, store.open(n).version()) for n in project.graph.materialized_inputs(dataset)}
+        tables = {n: store.read(n) for n in project.graph.materialized_inputs(dataset)}
         views = [project.graph[v] for v in project.graph.views_needed(dataset)] + [ds]
         context = TransformContext(run_id="adhoc", dataset=dataset, started_at=datetime.now(UTC), vars=dict(project.config.vars))
         data = engine.query(query.sql("duckdb"), tables, views, context, limit=limit)
         shown_version = "view"
     else:
-        table = store.open(dataset, pin)
-        data = engine.query(query.sql("duckdb"), {dataset: table.to_pyarrow_dataset()}, limit=limit)
-        shown_version = f"v{table.version()}"
+        pinned = store.read(dataset, pin)
+        data = engine.query(query.sql("duckdb"), {dataset: pinned}, limit=limit)
+        shown_version = f"v{pinned.version}"
     if as_json:
         print_json({"dataset": dataset, "version": shown_version, "rows": arrow_records(data)})
         return
@@ -197,7 +197,7 @@ def sql(
     for name in wanted:
         for base in ([name] if not graph[name].is_view else graph.materialized_inputs(name)):
             if base not in tables:
-                tables[base] = store.open(base).to_pyarrow_dataset()
+                tables[base] = store.read(base)
         if graph[name].is_view:
             views.extend(graph[v] for v in [*graph.views_needed(name), name] if graph[v] not in views)
     context = TransformContext(run_id="adhoc", dataset="query", started_at=datetime.now(UTC), vars=dict(project.config.vars))

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    import pyarrow.dataset as pads
-
     from lakeforge.graph.spec import Dataset
+    from lakeforge.storage.delta import PinnedTable
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class Engine(Protocol):
     def transform(
         self,
         ds: Dataset,
-        inputs: dict[str, pads.Dataset],
+        inputs: dict[str, PinnedTable],
         views: list[Dataset],
         context: TransformContext,
     ) -> pa.Table:
@@ -60,7 +59,7 @@ class Engine(Protocol):
     def query(
         self,
         sql: str,
-        tables: dict[str, pads.Dataset],
+        tables: dict[str, PinnedTable],
         views: list[Dataset] | None = None,
         context: TransformContext | None = None,
         limit: int | None = None,

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lakeforge.engines.base import TransformContext
-from lakeforge.errors import Location, SQLError, TransformError
+from lakeforge.errors import LakeforgeError, Location, SQLError, TransformError
 
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
-    import pyarrow.dataset as pads
 
     from lakeforge.graph.spec import Dataset
+    from lakeforge.storage.delta import PinnedTable
 
 _LINE = re.compile(r"LINE (\d+):")
 
@@ -44,14 +44,14 @@ class DuckDBEngine:
     def transform(
         self,
         ds: Dataset,
-        inputs: dict[str, pads.Dataset],
+        inputs: dict[str, PinnedTable],
         views: list[Dataset],
         context: TransformContext,
     ) -> pa.Table:
         con = self.connect()
         try:
             for name, data in inputs.items():
-                con.register(name, data)
+                register_table(con, name, data)
             for view in views:
                 self._define_view(con, view, context)
             if ds.sql is not None:
@@ -63,7 +63,7 @@ class DuckDBEngine:
     def query(
         self,
         sql: str,
-        tables: dict[str, pads.Dataset],
+        tables: dict[str, PinnedTable],
         views: list[Dataset] | None = None,
         context: TransformContext | None = None,
         limit: int | None = None,
@@ -73,7 +73,7 @@ class DuckDBEngine:
         con = self.connect()
         try:
             for name, data in tables.items():
-                con.register(name, data)
+                register_table(con, name, data)
             for view in views or []:
                 assert context is not None, "views need a transform context"
                 self._define_view(con, view, context)
@@ -124,6 +124,8 @@ class DuckDBEngine:
             kwargs["context"] = context
         try:
             return ds.function(**kwargs)
+        except LakeforgeError:
+            raise  # already precise, and may be transient (a source the transform reads)
         except duckdb.Error as exc:
             raise TransformError(
                 f"{ds.name}: DuckDB error in the transform: {str(exc).splitlines()[0]}",
@@ -137,6 +139,19 @@ class DuckDBEngine:
                 dataset=ds.name,
                 hint="run with --debug for the full traceback",
             ) from exc
+
+
+def register_table(con: duckdb.DuckDBPyConnection, name: str, table: PinnedTable) -> None:
+    """Expose a pinned table to DuckDB under ``name`` (a union view when it has parts)."""
+    if len(table.parts) == 1:
+        con.register(name, table.parts[0])
+        return
+    hidden = []
+    for i, part in enumerate(table.parts):
+        alias = f"__lf_{name}_{i}"
+        con.register(alias, part)
+        hidden.append(f"SELECT * FROM {_ident(alias)}")
+    con.sql(f"CREATE TEMP VIEW {_ident(name)} AS " + " UNION ALL BY NAME ".join(hidden))
 
 
 def to_arrow(result: Any, ds: Dataset) -> pa.Table:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lakeforge.engines.base import TransformContext
 from lakeforge.errors import CommitConflict, DatasetNotFound, LakeforgeError
+from lakeforge.execution.locks import DatasetLock
 from lakeforge.execution.planner import Assessment, assess, plan
 from lakeforge.graph.selection import select
 from lakeforge.observability.runlog import RunLog, RunLogRecord
@@ -260,6 +261,13 @@ class Runner:
             result = TaskResult(name, ds.layer, "view", "views are computed when read", started, started)
             self.listener.on_task_end(result)
             return result
+        with DatasetLock(self.project.root / STATE_DIR, name):
+            return self._locked_task(run_id, run_started, ds, full_refresh, started)
+
+    def _locked_task(
+        self, run_id: str, run_started: datetime, ds: Any, full_refresh: bool, started: datetime
+    ) -> TaskResult:
+        name = ds.name
         assessment = assess(ds, self.graph, self.store, self.project.root, full_refresh=full_refresh)
         if not assessment.stale:
             result = TaskResult(name, ds.layer, "up_to_date", "up to date", started, started, fingerprint=assessment.fingerprint)

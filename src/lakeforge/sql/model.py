@@ -79,7 +79,7 @@ def load_sql_model(path: Path, root: Path) -> Dataset:
         location=Location(rel, body_offset + leading + 1),
         inputs=inputs,
         sql=sql,
-        source_text=tree.sql(dialect=DIALECT, normalize=True),
+        source_text=tree.sql(dialect=DIALECT, normalize=True, comments=False),
         external_paths=external,
     )
 

@@ -77,6 +77,76 @@ class TableState:
     last_commit_version: int | None
 
 
+@dataclass(frozen=True)
+class PinnedTable:
+    """A table at one version, as one or more pyarrow datasets whose union is the table.
+
+    delta-rs writes strings as ``string_view`` in files produced by merge, delete and
+    optimize, and plain ``string`` elsewhere; pyarrow cannot evaluate a pushed-down filter
+    across the two, so files are grouped by their physical string layout, each group a
+    dataset with a schema that matches its files.
+    """
+
+    name: str
+    version: int
+    parts: list[pads.Dataset]
+
+    def count_rows(self) -> int:
+        return sum(part.count_rows() for part in self.parts)
+
+    def to_table(self) -> pa.Table:
+        """Materialize the whole table (strings as plain ``string``)."""
+        import pyarrow as pa
+
+        schema = pa.schema(
+            [pa.field(f.name, pa.string(), f.nullable) if pa.types.is_string_view(f.type) else f
+             for f in self.parts[0].schema]
+        )
+        return pa.concat_tables([part.to_table().cast(schema) for part in self.parts])
+
+
+def split_by_string_layout(data: pads.Dataset) -> list[pads.Dataset]:
+    """Group a dataset's fragments by which string columns their files store as views."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    fragments = list(data.get_fragments())
+    string_cols = [f.name for f in data.schema if pa.types.is_string(f.type)]
+    if not string_cols or not fragments:
+        return [data]
+    groups: dict[frozenset[str], list[Any]] = {}
+    for fragment in fragments:
+        groups.setdefault(_view_columns(fragment, string_cols), []).append(fragment)
+    if len(groups) == 1 and frozenset() in groups:
+        return [data]
+    parts = []
+    for views, members in groups.items():
+        schema = pa.schema(
+            [pa.field(f.name, pa.string_view(), f.nullable) if f.name in views else f for f in data.schema]
+        )
+        parts.append(pads.FileSystemDataset(members, schema, data.format, data.filesystem))
+    return parts
+
+
+_LAYOUTS: dict[str, frozenset[str]] = {}
+
+
+def _view_columns(fragment: Any, string_cols: list[str]) -> frozenset[str]:
+    # Data files are immutable, so a file's layout is cached by path.
+    key = fragment.path
+    cached = _LAYOUTS.get(key)
+    if cached is None:
+        import pyarrow as pa
+
+        physical = fragment.physical_schema
+        cached = frozenset(
+            c for c in string_cols
+            if c in physical.names and pa.types.is_string_view(physical.field(c).type)
+        )
+        _LAYOUTS[key] = cached
+    return cached
+
+
 def app_id(dataset: str) -> str:
     """The app transaction id of a dataset's flow."""
     return f"lakeforge/{dataset}"
@@ -129,9 +199,10 @@ class DeltaStore:
             return None
         return self.open(dataset).version()
 
-    def read(self, dataset: str, version: int) -> pads.Dataset:
-        """A pyarrow dataset over the table pinned at ``version`` (zero-copy for DuckDB)."""
-        return self.open(dataset, version).to_pyarrow_dataset()
+    def read(self, dataset: str, version: int | str | datetime | None = None) -> PinnedTable:
+        """The table pinned at ``version`` as pyarrow datasets (zero-copy for DuckDB)."""
+        table = self.open(dataset, version)
+        return PinnedTable(dataset, table.version(), split_by_string_layout(table.to_pyarrow_dataset()))
 
     def schema(self, dataset: str, version: int | None = None) -> pa.Schema | None:
         import pyarrow as pa
@@ -185,7 +256,9 @@ class DeltaStore:
 
     def commit_empty(self, dataset: str, schema: pa.Schema, info: CommitInfo) -> int:
         """Record a build that changed no rows (inputs consumed, output unchanged)."""
-        self.write(dataset, schema.empty_table(), info, mode="append")
+        # "merge": the batch may bring columns the table lacks (schema evolution), and an
+        # exact-schema append of them would fail instead of recording the batch.
+        self.write(dataset, schema.empty_table(), info, mode="append", schema_mode="merge")
         return self.open(dataset).version()
 
     def write(

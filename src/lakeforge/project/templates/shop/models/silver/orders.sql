@@ -1,0 +1,30 @@
+/* lakeforge
+description: >-
+  Orders, typed and deduplicated: exact re-deliveries are dropped here, and late
+  updates win by updated_at (the merge keeps the newest version of each order).
+write: {strategy: merge, keys: [order_id], sequence_by: updated_at}
+tags: [sales]
+columns:
+  order_id: {type: BIGINT, description: Order id, nullable: false}
+  customer_id: {type: BIGINT, description: Who ordered (customers.customer_id)}
+  order_ts: {type: TIMESTAMP, description: When the order was placed (UTC)}
+  order_date: {type: DATE, description: UTC date of order_ts}
+  status: {type: VARCHAR, description: "placed, shipped, delivered or cancelled"}
+  channel: {type: VARCHAR, description: "web, app or store"}
+  coupon: {type: VARCHAR, description: Coupon code; null when none was used}
+  shipping_method: {type: VARCHAR}
+  shipping_fee: {type: "DECIMAL(8,2)"}
+  updated_at: {type: TIMESTAMP, description: Version of the record (UTC); the newest wins}
+*/
+SELECT DISTINCT
+    CAST(order_id AS BIGINT) AS order_id,
+    CAST(customer_id AS BIGINT) AS customer_id,
+    CAST(order_ts AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS order_ts,
+    CAST(CAST(order_ts AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS DATE) AS order_date,
+    lower(trim(status)) AS status,
+    lower(trim(channel)) AS channel,
+    nullif(upper(trim(coupon)), '') AS coupon,
+    shipping.method AS shipping_method,
+    CAST(shipping.fee AS DECIMAL(8, 2)) AS shipping_fee,
+    CAST(updated_at AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS updated_at
+FROM raw_orders
