@@ -78,9 +78,7 @@ class LakeforgeError(Exception):
         parts = []
         if self.location is not None:
             parts.append(f"{self.location}: ")
-        if self.dataset is not None and (
-            self.location is None or self.dataset not in self.message
-        ):
+        if self.dataset is not None and (self.location is None or self.dataset not in self.message):
             parts.append(f"[{self.dataset}] ")
         parts.append(self.message)
         if self.column is not None and self.column not in self.message:

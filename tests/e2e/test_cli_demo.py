@@ -15,7 +15,9 @@ LAKEFORGE = [sys.executable, "-m", "lakeforge"]
 
 def cli(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run([*LAKEFORGE, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [*LAKEFORGE, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
+    )
     if ok:
         assert proc.returncode == 0, f"{args}: {proc.stdout}\n{proc.stderr}"
     return proc
@@ -41,22 +43,29 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     shown = json.loads(cli("show", "orders", "--limit", "5", "--json", cwd=shop).stdout)
     assert len(shown["rows"]) == 5 and shown["version"] == "v0"
     assert "flowchart LR" in cli("dag", "--format", "mermaid", cwd=shop).stdout
-    rows = json.loads(
-        cli("sql", "select count(*) as n from orders", "--json", cwd=shop).stdout
-    )
+    rows = json.loads(cli("sql", "select count(*) as n from orders", "--json", cwd=shop).stdout)
     assert rows[0]["n"] == listing["orders"]["rows"]
     history = json.loads(cli("history", "orders", "--json", cwd=shop).stdout)
     assert history[0]["run_id"] == first["run_id"]
     runs = json.loads(cli("history", "--json", cwd=shop).stdout)
     assert [r["id"] for r in runs[:2]] == [second["run_id"], first["run_id"]]
-    opt = json.loads(cli("optimize", "orders", "--zorder", "customer_id", "--json", cwd=shop).stdout)
+    opt = json.loads(
+        cli("optimize", "orders", "--zorder", "customer_id", "--json", cwd=shop).stdout
+    )
     assert opt["zorder"] == ["customer_id"]
     # Optimizing changes no rows: consumers stay up to date.
     third = json.loads(cli("run", "--json", cwd=shop).stdout)
     assert {t["status"] for t in third["tasks"]} == {"up_to_date"}
-    vac = json.loads(cli("vacuum", "orders", "--retain", "168h", "--dry-run", "--json", cwd=shop).stdout)
+    vac = json.loads(
+        cli("vacuum", "orders", "--retain", "168h", "--dry-run", "--json", cwd=shop).stdout
+    )
     assert vac["dry_run"] is True
-    assert json.loads(cli("show", "orders", "--version", "0", "--limit", "1", "--json", cwd=shop).stdout)["version"] == "v0"
+    assert (
+        json.loads(
+            cli("show", "orders", "--version", "0", "--limit", "1", "--json", cwd=shop).stdout
+        )["version"]
+        == "v0"
+    )
 
 
 def test_errors_are_one_line_with_hint_and_exit_codes(tmp_path: Path) -> None:
@@ -86,7 +95,14 @@ def test_help_is_fast() -> None:
     # Generous bound for a loaded CI machine; the import itself is ~0.2 s.
     assert elapsed < 2.0
     imported = subprocess.run(
-        [sys.executable, "-c", "import sys, lakeforge.cli.app; print(sorted(m for m in ('duckdb','pyarrow','deltalake','sqlalchemy','sqlglot') if m in sys.modules))"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import sys, lakeforge.cli.app; heavy = ('duckdb', 'pyarrow', 'deltalake', "
+            "'sqlalchemy', 'sqlglot'); print(sorted(m for m in heavy if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert imported.stdout.strip() == "[]"

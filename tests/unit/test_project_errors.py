@@ -180,7 +180,11 @@ def test_pipeline_import_error_names_line(tmp_path: Path) -> None:
 def test_decorator_bad_option(tmp_path: Path) -> None:
     make_project(
         tmp_path,
-        {"pipelines/p.py": "import lakeforge as lf\n\n@lf.table(layer='platinum')\ndef x():\n    pass\n"},
+        {
+            "pipelines/p.py": (
+                "import lakeforge as lf\n\n@lf.table(layer='platinum')\ndef x():\n    pass\n"
+            )
+        },
     )
     with pytest.raises(ConfigError) as err:
         load_project(tmp_path)

@@ -15,7 +15,7 @@ from lakeforge.observability.runlog import RunLog
 from lakeforge.project.loader import load_project
 from lakeforge.storage.delta import DeltaStore, app_id
 
-PIPELINE = '''
+PIPELINE = """
 import lakeforge as lf
 
 @lf.table(layer="silver", write=lf.Merge(keys=["id"], sequence_by="v"))
@@ -30,7 +30,7 @@ def recent(clean):
 def summary(recent, context):
     assert context.dataset == "summary"
     return recent.aggregate("count(*) AS n, sum(v) AS total")
-'''
+"""
 
 
 def write(root: Path, rel: str, text: str) -> None:
@@ -63,7 +63,12 @@ def test_first_run_builds_everything_second_run_changes_nothing(project_dir: Pat
     assert status == {"raw": "success", "clean": "success", "recent": "view", "summary": "success"}
     store = DeltaStore(str(project_dir / "lakehouse"))
     before = versions(store, ["raw", "clean", "summary"])
-    content = {n: store.open(n).to_pyarrow_table().sort_by(store.open(n).to_pyarrow_table().column_names[0]) for n in ["clean", "summary"]}
+    content = {
+        n: store.open(n)
+        .to_pyarrow_table()
+        .sort_by(store.open(n).to_pyarrow_table().column_names[0])
+        for n in ["clean", "summary"]
+    }
     second = runner(project_dir).run()
     assert second.ok
     assert {t.dataset: t.status for t in second.tasks if t.status != "view"} == {
@@ -104,7 +109,11 @@ def test_change_propagates_with_reasons(project_dir: Path) -> None:
 def test_code_change_rebuilds_only_that_dataset_and_downstream(project_dir: Path) -> None:
     runner(project_dir).run()
     # Formatting-only change of the SQL does not count; a semantic change does.
-    write(project_dir, "models/bronze/raw.sql", "select *\n  from read_csv('landing/*.csv')  -- same\n")
+    write(
+        project_dir,
+        "models/bronze/raw.sql",
+        "select *\n  from read_csv('landing/*.csv')  -- same\n",
+    )
     assert all(t.status != "success" for t in runner(project_dir).run().tasks)
     write(project_dir, "pipelines/p.py", PIPELINE.replace('"v >= 2"', '"v >= 3"'))
     result = runner(project_dir).run()
@@ -145,7 +154,7 @@ def test_transient_errors_are_retried_with_backoff(project_dir: Path) -> None:
     write(
         project_dir,
         "pipelines/flaky.py",
-        '''
+        """
         import lakeforge as lf
         from lakeforge.errors import TransientSourceError
 
@@ -157,7 +166,7 @@ def test_transient_errors_are_retried_with_backoff(project_dir: Path) -> None:
             if len(CALLS) < 3:
                 raise TransientSourceError("upstream API hiccup")
             return raw
-        ''',
+        """,
     )
     sleeps: list[float] = []
     result = runner(project_dir, sleep=sleeps.append).run("+flaky")
@@ -170,7 +179,8 @@ def test_terminal_errors_are_not_retried(project_dir: Path) -> None:
     write(
         project_dir,
         "pipelines/bad.py",
-        "import lakeforge as lf\n\n@lf.table(retries=5)\ndef bad(raw):\n    raise ValueError('boom')\n",
+        "import lakeforge as lf\n\n@lf.table(retries=5)\n"
+        "def bad(raw):\n    raise ValueError('boom')\n",
     )
     sleeps: list[float] = []
     result = runner(project_dir, sleep=sleeps.append).run("+bad")
@@ -193,10 +203,24 @@ def test_run_log_has_standard_fields(project_dir: Path) -> None:
     assert set(by_ds) == {"raw", "clean", "summary"}
     clean = by_ds["clean"]
     for key in (
-        "pipeline_name", "run_id", "started_at", "completed_at", "status", "stage",
-        "rows_extracted", "rows_transformed", "rows_loaded", "rows_rejected",
-        "quality_checks_passed", "quality_checks_failed", "duration_seconds", "error_message",
-        "watermark_before", "watermark_after", "input_versions", "output_version",
+        "pipeline_name",
+        "run_id",
+        "started_at",
+        "completed_at",
+        "status",
+        "stage",
+        "rows_extracted",
+        "rows_transformed",
+        "rows_loaded",
+        "rows_rejected",
+        "quality_checks_passed",
+        "quality_checks_failed",
+        "duration_seconds",
+        "error_message",
+        "watermark_before",
+        "watermark_after",
+        "input_versions",
+        "output_version",
     ):
         assert key in clean
     assert clean["status"] == "success" and clean["pipeline_name"] == "demo"

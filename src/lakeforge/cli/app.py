@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ class _Group(TyperGroup):
 app = typer.Typer(
     cls=_Group,
     name="lakeforge",
-    help="Lakehouse pipelines on Delta Lake: ingest, refine bronze → silver → gold, gated by quality.",
+    help="Lakehouse pipelines on Delta Lake: bronze → silver → gold with SQL or Python.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -50,7 +51,10 @@ app = typer.Typer(
 def _global(
     ctx: typer.Context,
     project_dir: Path = typer.Option(
-        Path("."), "--project-dir", "-C", help="Project folder (default: nearest with lakeforge.yml)."
+        Path("."),
+        "--project-dir",
+        "-C",
+        help="Project folder (default: nearest with lakeforge.yml).",
     ),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
@@ -76,4 +80,14 @@ _register()
 
 def main() -> None:
     """Console-script entry point (exit codes: 0 ok, 1 failed, 2 usage)."""
-    app()
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    # Native runtimes (delta-rs' async runtime) can abort during interpreter finalization
+    # after many writes, turning a success into exit 134. All work is committed and all
+    # output flushed here, so the process ends without running finalizers.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -11,6 +11,7 @@ from lakeforge.cli.output import arrow_records, arrow_table, console, print_json
 from lakeforge.errors import ConfigError
 
 if TYPE_CHECKING:
+    from lakeforge.graph.spec import Dataset
     from lakeforge.project.loader import Project
     from lakeforge.storage.delta import DeltaStore
 
@@ -69,7 +70,10 @@ def ls(
     for r in rows:
         status = r["status"] if r["reason"] is None else f"[yellow]stale[/] [dim]({r['reason']})[/]"
         table.add_row(
-            r["name"], r["layer"] or "", r["kind"], r["write"] or "",
+            r["name"],
+            r["layer"] or "",
+            r["kind"],
+            r["write"] or "",
             "" if r["version"] is None else f"v{r['version']}",
             "" if r["rows"] is None else f"{r['rows']:,}",
             status,
@@ -81,15 +85,18 @@ def show(
     ctx: typer.Context,
     dataset: str = typer.Argument(..., help="Dataset name."),
     limit: int = typer.Option(20, "--limit", "-n", min=0, help="Rows to show."),
-    version: int | None = typer.Option(None, "--version", "-v", min=0, help="Time travel: a version."),
+    version: int | None = typer.Option(
+        None, "--version", "-v", min=0, help="Time travel: a version."
+    ),
     as_of: str | None = typer.Option(None, "--as-of", help="Time travel: an ISO timestamp."),
-    where: str | None = typer.Option(None, "--where", help="SQL filter, e.g. \"amount > 100\"."),
+    where: str | None = typer.Option(None, "--where", help='SQL filter, e.g. "amount > 100".'),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show rows of a dataset, optionally at a past version or time."""
+    from sqlglot import exp
+
     from lakeforge.engines.base import TransformContext
     from lakeforge.engines.duckdb import DuckDBEngine
-    from sqlglot import exp
 
     project, store = _open(ctx)
     ds = project.graph[dataset]
@@ -107,7 +114,12 @@ def show(
             raise ConfigError(f"{dataset} is a view: time travel applies to tables")
         tables = {n: store.read(n) for n in project.graph.materialized_inputs(dataset)}
         views = [project.graph[v] for v in project.graph.views_needed(dataset)] + [ds]
-        context = TransformContext(run_id="adhoc", dataset=dataset, started_at=datetime.now(UTC), vars=dict(project.config.vars))
+        context = TransformContext(
+            run_id="adhoc",
+            dataset=dataset,
+            started_at=datetime.now(UTC),
+            vars=dict(project.config.vars),
+        )
         data = engine.query(query.sql("duckdb"), tables, views, context, limit=limit)
         shown_version = "view"
     else:
@@ -117,12 +129,16 @@ def show(
     if as_json:
         print_json({"dataset": dataset, "version": shown_version, "rows": arrow_records(data)})
         return
-    console.print(arrow_table(data, title=f"{dataset} @ {shown_version} ({data.num_rows} rows shown)"))
+    console.print(
+        arrow_table(data, title=f"{dataset} @ {shown_version} ({data.num_rows} rows shown)")
+    )
 
 
 def history(
     ctx: typer.Context,
-    dataset: str | None = typer.Argument(None, help="A dataset: its Delta versions. None: recent runs."),
+    dataset: str | None = typer.Argument(
+        None, help="A dataset: its Delta versions. None: recent runs."
+    ),
     limit: int = typer.Option(20, "--limit", "-n", min=1, help="Entries to show."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -142,25 +158,36 @@ def history(
             table.add_column(col)
         for r in runs:
             dur = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else ""
-            table.add_row(r.id, r.status, r.started_at.isoformat(timespec="seconds"), dur, r.selection or "all", r.error or "")
+            table.add_row(
+                r.id,
+                r.status,
+                r.started_at.isoformat(timespec="seconds"),
+                dur,
+                r.selection or "all",
+                r.error or "",
+            )
         console.print(table)
         return
     project.graph[dataset]
     entries = store.history(dataset, limit)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for e in entries:
         meta = e.get("lakeforge") or {}
         metrics = e.get("operationMetrics") or {}
         rows.append(
             {
                 "version": e.get("version"),
-                "timestamp": datetime.fromtimestamp(e["timestamp"] / 1000, UTC).isoformat(timespec="seconds"),
+                "timestamp": datetime.fromtimestamp(e["timestamp"] / 1000, UTC).isoformat(
+                    timespec="seconds"
+                ),
                 "operation": e.get("operation"),
                 "run_id": meta.get("run_id"),
                 "batch": meta.get("batch"),
                 "fingerprint": meta.get("fingerprint"),
                 "input_versions": meta.get("input_versions"),
-                "rows_added": metrics.get("num_added_rows", metrics.get("num_target_rows_inserted")),
+                "rows_added": metrics.get(
+                    "num_added_rows", metrics.get("num_target_rows_inserted")
+                ),
                 "metrics": metrics,
             }
         )
@@ -170,9 +197,16 @@ def history(
     table = Table(title=f"{dataset}: history", title_justify="left")
     for col in ("version", "timestamp", "operation", "run", "inputs", "rows added"):
         table.add_column(col)
-    for r in rows:
-        inputs = ", ".join(f"{k}@v{v}" for k, v in (r["input_versions"] or {}).items())
-        table.add_row(str(r["version"]), r["timestamp"], r["operation"] or "", r["run_id"] or "", inputs, "" if r["rows_added"] is None else str(r["rows_added"]))
+    for row in rows:
+        inputs = ", ".join(f"{k}@v{v}" for k, v in (row["input_versions"] or {}).items())
+        table.add_row(
+            str(row["version"]),
+            row["timestamp"],
+            row["operation"] or "",
+            row["run_id"] or "",
+            inputs,
+            "" if row["rows_added"] is None else str(row["rows_added"]),
+        )
     console.print(table)
 
 
@@ -193,14 +227,21 @@ def sql(
     graph = project.graph
     wanted = [r for r in refs if r in graph]
     tables: dict[str, Any] = {}
-    views = []
+    views: list[Dataset] = []
     for name in wanted:
-        for base in ([name] if not graph[name].is_view else graph.materialized_inputs(name)):
+        for base in [name] if not graph[name].is_view else graph.materialized_inputs(name):
             if base not in tables:
                 tables[base] = store.read(base)
         if graph[name].is_view:
-            views.extend(graph[v] for v in [*graph.views_needed(name), name] if graph[v] not in views)
-    context = TransformContext(run_id="adhoc", dataset="query", started_at=datetime.now(UTC), vars=dict(project.config.vars))
+            views.extend(
+                graph[v] for v in [*graph.views_needed(name), name] if graph[v] not in views
+            )
+    context = TransformContext(
+        run_id="adhoc",
+        dataset="query",
+        started_at=datetime.now(UTC),
+        vars=dict(project.config.vars),
+    )
     data = DuckDBEngine(project.root).query(query, tables, views, context, limit=limit)
     if as_json:
         print_json(arrow_records(data))

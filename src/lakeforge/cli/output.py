@@ -21,7 +21,9 @@ err_console = Console(stderr=True)
 
 def print_json(data: Any) -> None:
     sys.stdout.write(
-        orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str).decode()
+        orjson.dumps(
+            data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str
+        ).decode()
         + "\n"
     )
     sys.stdout.flush()

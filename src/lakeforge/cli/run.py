@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import typer
 
@@ -12,8 +12,9 @@ from lakeforge.cli.output import console, err_console, print_error, print_json
 def run(
     ctx: typer.Context,
     selection: list[str] | None = typer.Argument(
-        None, help="What to run: name, +name (with upstream), name+ (with downstream), "
-        "layer:silver, tag:x — several terms are a union. Default: everything."
+        None,
+        help="What to run: name, +name (with upstream), name+ (with downstream), "
+        "layer:silver, tag:x — several terms are a union. Default: everything.",
     ),
     full_refresh: bool = typer.Option(False, "--full-refresh", help="Rebuild tables from scratch."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would run and why."),
@@ -29,12 +30,16 @@ def run(
     opts = settings(ctx)
     project = load_project(opts.project_dir)
     if as_json:
-        result = Runner(project).run(selection, full_refresh=full_refresh, dry_run=dry_run, threads=threads)
+        result = Runner(project).run(
+            selection, full_refresh=full_refresh, dry_run=dry_run, threads=threads
+        )
         print_json(result.to_dict())
     else:
         with RunProgress(err_console) as progress:
             runner = Runner(project, listener=progress)
-            result = runner.run(selection, full_refresh=full_refresh, dry_run=dry_run, threads=threads)
+            result = runner.run(
+                selection, full_refresh=full_refresh, dry_run=dry_run, threads=threads
+            )
         console.print(summary_table(result))
         built = sum(t.status == "success" for t in result.tasks)
         fresh = sum(t.status == "up_to_date" for t in result.tasks)
@@ -52,7 +57,7 @@ def run(
         raise typer.Exit(1)
 
 
-class DagFormat(str, Enum):
+class DagFormat(StrEnum):
     text = "text"
     mermaid = "mermaid"
     dot = "dot"
@@ -75,7 +80,11 @@ def dag(
     if fmt is DagFormat.json:
         print_json(render_json(project.graph, names))
         return
-    render = {DagFormat.text: render_text, DagFormat.mermaid: render_mermaid, DagFormat.dot: render_dot}[fmt]
+    render = {
+        DagFormat.text: render_text,
+        DagFormat.mermaid: render_mermaid,
+        DagFormat.dot: render_dot,
+    }[fmt]
     typer.echo(render(project.graph, names))
 
 

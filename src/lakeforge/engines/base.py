@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
     from lakeforge.graph.spec import Dataset
     from lakeforge.storage.delta import PinnedTable
 

@@ -163,7 +163,9 @@ class Runner:
         self.runlog = RunLog(project.root / STATE_DIR)
         self.sleep = sleep
 
-    def plan(self, selection: str | list[str] | None = None, *, full_refresh: bool = False) -> list[Assessment]:
+    def plan(
+        self, selection: str | list[str] | None = None, *, full_refresh: bool = False
+    ) -> list[Assessment]:
         names = select(self.graph, selection)
         return plan(self.graph, self.store, self.project.root, names, full_refresh=full_refresh)
 
@@ -179,7 +181,9 @@ class Runner:
         started = datetime.now(UTC)
         run_id = new_run_id()
         names = select(self.graph, selection)
-        assessments = plan(self.graph, self.store, self.project.root, names, full_refresh=full_refresh)
+        assessments = plan(
+            self.graph, self.store, self.project.root, names, full_refresh=full_refresh
+        )
         self.listener.on_plan(names, assessments)
         if dry_run:
             tasks = [self._planned(a, started) for a in assessments]
@@ -198,7 +202,10 @@ class Runner:
         finished = datetime.now(UTC)
         first_error = next((r.error for r in results.values() if r.error), None)
         self.metadata.finish_run(
-            run_id, status=status, finished_at=finished, error=str(first_error) if first_error else None
+            run_id,
+            status=status,
+            finished_at=finished,
+            error=str(first_error) if first_error else None,
         )
         ordered = [results[n] for n in names]
         return RunResult(run_id, status, started, finished, ordered)
@@ -206,22 +213,38 @@ class Runner:
     def _planned(self, a: Assessment, at: datetime) -> TaskResult:
         ds = self.graph[a.dataset]
         status = "view" if ds.is_view else ("planned" if a.stale else "up_to_date")
-        return TaskResult(a.dataset, ds.layer, status, a.reason if not ds.is_view else "view", at, at, fingerprint=a.fingerprint)
+        return TaskResult(
+            a.dataset,
+            ds.layer,
+            status,
+            a.reason if not ds.is_view else "view",
+            at,
+            at,
+            fingerprint=a.fingerprint,
+        )
 
     def _execute(
-        self, run_id: str, started: datetime, names: list[str], full_refresh: bool, threads: int | None
+        self,
+        run_id: str,
+        started: datetime,
+        names: list[str],
+        full_refresh: bool,
+        threads: int | None,
     ) -> dict[str, TaskResult]:
         selected = set(names)
         pending = {n: {u for u in self.graph[n].inputs if u in selected} for n in names}
         results: dict[str, TaskResult] = {}
         workers = threads or self.project.config.threads or 4
-        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lakeforge") as pool:
+        with ThreadPoolExecutor(
+            max_workers=max(1, workers), thread_name_prefix="lakeforge"
+        ) as pool:
             running: dict[Future[TaskResult], str] = {}
             while pending or running:
                 for name in [n for n, deps in pending.items() if not deps]:
                     del pending[name]
                     failed_up = [
-                        u for u in self.graph[name].inputs
+                        u
+                        for u in self.graph[name].inputs
                         if u in results and results[u].status in ("failed", "upstream_failed")
                     ]
                     if failed_up:
@@ -248,17 +271,23 @@ class Runner:
         now = datetime.now(UTC)
         reason = f"upstream failed: {', '.join(failed_up)}"
         result = TaskResult(name, ds.layer, "upstream_failed", reason, now, now)
-        self.metadata.record_task(run_id, dataset=name, layer=ds.layer, status="upstream_failed", reason=reason, at=now)
+        self.metadata.record_task(
+            run_id, dataset=name, layer=ds.layer, status="upstream_failed", reason=reason, at=now
+        )
         self._log(run_id, result)
         self.listener.on_task_end(result)
         return result
 
-    def _task(self, run_id: str, run_started: datetime, name: str, full_refresh: bool) -> TaskResult:
+    def _task(
+        self, run_id: str, run_started: datetime, name: str, full_refresh: bool
+    ) -> TaskResult:
         ds = self.graph[name]
         started = datetime.now(UTC)
         if ds.is_view:
             # Views are not stored: nothing to build or record.
-            result = TaskResult(name, ds.layer, "view", "views are computed when read", started, started)
+            result = TaskResult(
+                name, ds.layer, "view", "views are computed when read", started, started
+            )
             self.listener.on_task_end(result)
             return result
         with DatasetLock(self.project.root / STATE_DIR, name):
@@ -268,16 +297,43 @@ class Runner:
         self, run_id: str, run_started: datetime, ds: Any, full_refresh: bool, started: datetime
     ) -> TaskResult:
         name = ds.name
-        assessment = assess(ds, self.graph, self.store, self.project.root, full_refresh=full_refresh)
+        assessment = assess(
+            ds, self.graph, self.store, self.project.root, full_refresh=full_refresh
+        )
         if not assessment.stale:
-            result = TaskResult(name, ds.layer, "up_to_date", "up to date", started, started, fingerprint=assessment.fingerprint)
-            self.metadata.record_task(run_id, dataset=name, layer=ds.layer, status="up_to_date", reason="up to date", at=started)
+            result = TaskResult(
+                name,
+                ds.layer,
+                "up_to_date",
+                "up to date",
+                started,
+                started,
+                fingerprint=assessment.fingerprint,
+            )
+            self.metadata.record_task(
+                run_id,
+                dataset=name,
+                layer=ds.layer,
+                status="up_to_date",
+                reason="up to date",
+                at=started,
+            )
             self._log(run_id, result)
             self.listener.on_task_end(result)
             return result
         self.listener.on_task_start(name, assessment.reason)
-        task_id = self.metadata.start_task(run_id, dataset=name, layer=ds.layer, reason=assessment.reason, started_at=started)
-        result = TaskResult(name, ds.layer, "running", assessment.reason, started, started, fingerprint=assessment.fingerprint)
+        task_id = self.metadata.start_task(
+            run_id, dataset=name, layer=ds.layer, reason=assessment.reason, started_at=started
+        )
+        result = TaskResult(
+            name,
+            ds.layer,
+            "running",
+            assessment.reason,
+            started,
+            started,
+            fingerprint=assessment.fingerprint,
+        )
         attempt = 0
         while True:
             attempt += 1

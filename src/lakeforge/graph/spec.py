@@ -183,6 +183,7 @@ class Dataset:
     def language(self) -> str:
         return "sql" if self.sql is not None else "python"
 
+
 STRATEGY_NAMES = frozenset(
     m.model_fields["strategy"].default for m in (Append, Overwrite, ReplacePartitions, Merge, SCD2)
 )

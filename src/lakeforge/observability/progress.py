@@ -6,7 +6,15 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -71,14 +79,38 @@ class RunProgress:
 
 def summary_table(run: RunResult) -> Table:
     """One row per dataset: status, why, rows, versions, time."""
-    table = Table(title=f"run {run.run_id}" + (" (dry run)" if run.dry_run else ""), title_justify="left")
-    for col, justify in [("dataset", "left"), ("layer", "left"), ("status", "left"), ("reason", "left"), ("rows", "right"), ("version", "right"), ("time", "right")]:
+    table = Table(
+        title=f"run {run.run_id}" + (" (dry run)" if run.dry_run else ""), title_justify="left"
+    )
+    for col, justify in [
+        ("dataset", "left"),
+        ("layer", "left"),
+        ("status", "left"),
+        ("reason", "left"),
+        ("rows", "right"),
+        ("version", "right"),
+        ("time", "right"),
+    ]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for t in run.tasks:
         style = STATUS_STYLE.get(t.status, "")
-        version = "" if t.output_version is None else (
-            f"v{t.version_before} → v{t.output_version}" if t.version_before is not None else f"v{t.output_version}"
+        version = (
+            ""
+            if t.output_version is None
+            else (
+                f"v{t.version_before} → v{t.output_version}"
+                if t.version_before is not None
+                else f"v{t.output_version}"
+            )
         )
         rows = "" if t.rows_out is None else f"{t.rows_out:,}"
-        table.add_row(t.dataset, t.layer or "", f"[{style}]{t.status}[/]", escape(t.reason), rows, version, f"{t.duration:.1f}s" if t.status in ("success", "failed") else "")
+        table.add_row(
+            t.dataset,
+            t.layer or "",
+            f"[{style}]{t.status}[/]",
+            escape(t.reason),
+            rows,
+            version,
+            f"{t.duration:.1f}s" if t.status in ("success", "failed") else "",
+        )
     return table

@@ -98,7 +98,10 @@ def _load_pipelines(root: Path) -> list[Dataset]:
             module = _import(path, f"{package}.{path.stem}", root)
             for value in vars(module).values():
                 ds = getattr(value, ATTRIBUTE, None)
-                if isinstance(ds, Dataset) and getattr(value, "__module__", None) == module.__name__:
+                if (
+                    isinstance(ds, Dataset)
+                    and getattr(value, "__module__", None) == module.__name__
+                ):
                     found.append(ds)
     finally:
         if added:

@@ -84,7 +84,7 @@ def load_sql_model(path: Path, root: Path) -> Dataset:
     )
 
 
-def parse_select(sql: str, file: str, line_offset: int, dataset: str) -> exp.Expression:
+def parse_select(sql: str, file: str, line_offset: int, dataset: str) -> exp.Query:
     """Parse one SELECT (or WITH … SELECT / set operation); errors carry file:line."""
     try:
         statements = [s for s in sqlglot.parse(sql, dialect=DIALECT) if s is not None]
@@ -113,7 +113,7 @@ def parse_select(sql: str, file: str, line_offset: int, dataset: str) -> exp.Exp
     return tree
 
 
-def extract_references(tree: exp.Expression) -> tuple[list[str], list[str]]:
+def extract_references(tree: exp.Query) -> tuple[list[str], list[str]]:
     """Dataset names and external file paths read by a query, in order of appearance."""
     ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
     names: list[str] = []
@@ -127,7 +127,7 @@ def extract_references(tree: exp.Expression) -> tuple[list[str], list[str]]:
             elif name not in ctes:
                 _add(names, name)
         elif isinstance(target, exp.Func):
-            func = (target.sql_name() if not isinstance(target, exp.Anonymous) else target.name)
+            func = target.sql_name() if not isinstance(target, exp.Anonymous) else target.name
             if func.lower() in _FILE_FUNCTIONS:
                 for literal in target.find_all(exp.Literal):
                     if literal.is_string:

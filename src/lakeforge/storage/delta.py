@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from lakeforge.errors import CommitConflict, DatasetNotFound, StorageError
 
@@ -24,7 +24,13 @@ if TYPE_CHECKING:
 
 METADATA_KEY = "lakeforge"
 # Operations that rewrite files without changing the rows a reader sees.
-_MAINTENANCE_OPERATIONS = {"OPTIMIZE", "VACUUM START", "VACUUM END", "CHECKPOINT", "SET TBLPROPERTIES"}
+_MAINTENANCE_OPERATIONS = {
+    "OPTIMIZE",
+    "VACUUM START",
+    "VACUUM END",
+    "CHECKPOINT",
+    "SET TBLPROPERTIES",
+}
 
 
 @dataclass(frozen=True)
@@ -99,8 +105,10 @@ class PinnedTable:
         import pyarrow as pa
 
         schema = pa.schema(
-            [pa.field(f.name, pa.string(), f.nullable) if pa.types.is_string_view(f.type) else f
-             for f in self.parts[0].schema]
+            [
+                pa.field(f.name, pa.string(), f.nullable) if pa.types.is_string_view(f.type) else f
+                for f in self.parts[0].schema
+            ]
         )
         return pa.concat_tables([part.to_table().cast(schema) for part in self.parts])
 
@@ -122,7 +130,10 @@ def split_by_string_layout(data: pads.Dataset) -> list[pads.Dataset]:
     parts = []
     for views, members in groups.items():
         schema = pa.schema(
-            [pa.field(f.name, pa.string_view(), f.nullable) if f.name in views else f for f in data.schema]
+            [
+                pa.field(f.name, pa.string_view(), f.nullable) if f.name in views else f
+                for f in data.schema
+            ]
         )
         parts.append(pads.FileSystemDataset(members, schema, data.format, data.filesystem))
     return parts
@@ -140,7 +151,8 @@ def _view_columns(fragment: Any, string_cols: list[str]) -> frozenset[str]:
 
         physical = fragment.physical_schema
         cached = frozenset(
-            c for c in string_cols
+            c
+            for c in string_cols
             if c in physical.names and pa.types.is_string_view(physical.field(c).type)
         )
         _LAYOUTS[key] = cached
@@ -202,7 +214,9 @@ class DeltaStore:
     def read(self, dataset: str, version: int | str | datetime | None = None) -> PinnedTable:
         """The table pinned at ``version`` as pyarrow datasets (zero-copy for DuckDB)."""
         table = self.open(dataset, version)
-        return PinnedTable(dataset, table.version(), split_by_string_layout(table.to_pyarrow_dataset()))
+        return PinnedTable(
+            dataset, table.version(), split_by_string_layout(table.to_pyarrow_dataset())
+        )
 
     def schema(self, dataset: str, version: int | None = None) -> pa.Schema | None:
         import pyarrow as pa
@@ -267,25 +281,25 @@ class DeltaStore:
         data: pa.Table,
         info: CommitInfo,
         *,
-        mode: str,
+        mode: Literal["append", "overwrite"],
         partition_by: list[str] | None = None,
-        schema_mode: str | None = None,
+        schema_mode: Literal["merge", "overwrite"] | None = None,
         predicate: str | None = None,
     ) -> int:
         """One ``write_deltalake`` commit; returns the new version."""
         from deltalake import write_deltalake
 
+        options: dict[str, Any] = {
+            "mode": mode,
+            "partition_by": partition_by or None,
+            "schema_mode": schema_mode,
+            "storage_options": self.storage_options,
+            "commit_properties": self.commit_properties(info),
+        }
+        if predicate is not None:  # only an overwrite takes a predicate
+            options["predicate"] = predicate
         with translate_commit_errors(dataset):
-            write_deltalake(
-                self.uri(dataset),
-                data,
-                mode=mode,  # type: ignore[arg-type]
-                partition_by=partition_by or None,
-                schema_mode=schema_mode,  # type: ignore[arg-type]
-                predicate=predicate,
-                storage_options=self.storage_options,
-                commit_properties=self.commit_properties(info),
-            )
+            write_deltalake(self.uri(dataset), data, **options)
         return self.open(dataset).version()
 
 
@@ -298,9 +312,9 @@ class translate_commit_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is None:
-            return False
+            return
         from deltalake.exceptions import CommitFailedError
 
         text = str(exc)
@@ -311,5 +325,6 @@ class translate_commit_errors:
                 hint="the task is retried automatically",
             ) from exc
         if isinstance(exc, OSError | RuntimeError) and not isinstance(exc, StorageError):
-            raise StorageError(f"writing {self.dataset!r} failed: {text}", dataset=self.dataset) from exc
-        return False
+            raise StorageError(
+                f"writing {self.dataset!r} failed: {text}", dataset=self.dataset
+            ) from exc

@@ -23,7 +23,11 @@ class OptimizeResult:
 
 
 def optimize(
-    store: DeltaStore, dataset: str, *, zorder: list[str] | None = None, target_size: int | None = None
+    store: DeltaStore,
+    dataset: str,
+    *,
+    zorder: list[str] | None = None,
+    target_size: int | None = None,
 ) -> OptimizeResult:
     """Compact small files, and Z-order by ``zorder`` columns when given."""
     table = store.open(dataset)

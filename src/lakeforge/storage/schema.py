@@ -13,7 +13,7 @@ Policies (``schema_evolution`` of a dataset):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from lakeforge.errors import SchemaError
 from lakeforge.graph.spec import RESCUE_COLUMN
@@ -27,7 +27,7 @@ class Aligned:
     """A batch made to fit its table, and how the commit must treat the schema."""
 
     data: pa.Table
-    schema_mode: str | None  # None (exact), "merge" (adds columns)
+    schema_mode: Literal["merge"] | None  # None: exact; "merge": adds columns
     added_columns: list[str]
     rescued_columns: list[str]
 
@@ -110,14 +110,10 @@ def widens_to(found: pa.DataType, expected: pa.DataType) -> bool:
     if found in ints and pa.types.is_decimal(expected):
         digits = {pa.int8(): 3, pa.int16(): 5, pa.int32(): 10, pa.int64(): 19}[found]
         return expected.precision - expected.scale >= digits
-    if pa.types.is_date32(found) and pa.types.is_timestamp(expected):
-        return True
-    return False
+    return pa.types.is_date32(found) and pa.types.is_timestamp(expected)
 
 
-def align(
-    data: pa.Table, table_schema: pa.Schema | None, policy: str, dataset: str
-) -> Aligned:
+def align(data: pa.Table, table_schema: pa.Schema | None, policy: str, dataset: str) -> Aligned:
     """Make ``data`` fit ``table_schema`` under ``policy`` (or raise a precise error)."""
     import pyarrow as pa
 
@@ -128,8 +124,16 @@ def align(
     found = {f.name: f for f in data.schema}
     new = [n for n in found if n not in expected and n != RESCUE_COLUMN]
     missing = [n for n in expected if n not in found]
+    # Under "fail" even a lossless widening is drift: any type difference is an error.
     retyped = [
-        n for n in found if n in expected and not widens_to(found[n].type, expected[n].type)
+        n
+        for n in found
+        if n in expected
+        and (
+            found[n].type != expected[n].type
+            if policy == "fail"
+            else not widens_to(found[n].type, expected[n].type)
+        )
     ]
     if policy == "fail" and (new or missing or retyped):
         _raise_drift(dataset, new, missing, retyped, expected, found, policy)
@@ -172,7 +176,8 @@ def _rescue(data: pa.Table, names: list[str], table_has_rescue: bool) -> pa.Tabl
     )
     rescued: list[str | None] = []
     for i in range(data.num_rows):
-        row = orjson.loads(previous[i]) if previous[i] else {}
+        prior = previous[i]
+        row = orjson.loads(prior) if prior else {}
         row.update({n: values[n][i] for n in names if values[n][i] is not None})
         rescued.append(orjson.dumps(row, default=str).decode() if row else None)
     keep = [n for n in data.column_names if n not in names and n != RESCUE_COLUMN]

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlglot
 from sqlglot import exp
 
+from lakeforge.engines.duckdb import register_table
 from lakeforge.errors import ConfigError, DataError, SchemaError
 from lakeforge.graph.spec import SCD2, Dataset, Merge, ReplacePartitions
 from lakeforge.storage.delta import CommitInfo, DeltaStore, translate_commit_errors
@@ -102,8 +103,12 @@ def _file_write(
 ) -> WriteResult:
     strategy = ds.config.write.strategy
     _check_columns(ds, data, ds.config.partition_by, "partition_by")
-    aligned = align(data, _target_schema(store, ds, target_version), ds.config.schema_evolution, ds.name)
+    aligned = align(
+        data, _target_schema(store, ds, target_version), ds.config.schema_evolution, ds.name
+    )
     predicate = None
+    mode: Literal["append", "overwrite"]
+    schema_mode: Literal["merge", "overwrite"] | None
     if target_version is None:
         mode, schema_mode = "overwrite", "overwrite"
     elif strategy == "append":
@@ -139,9 +144,9 @@ def _file_write(
 def partition_predicate(data: pa.Table, columns: list[str]) -> str:
     """A DataFusion predicate matching exactly the partitions present in ``data``."""
     distinct = data.select(columns).group_by(columns).aggregate([]).to_pylist()
-    terms: list[exp.Expression] = []
+    terms: list[exp.Expr] = []
     for row in distinct:
-        parts: list[exp.Expression] = []
+        parts: list[exp.Expr] = []
         for col in columns:
             ident = exp.column(col, quoted=True)
             value = row[col]
@@ -170,9 +175,23 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     return int(rows[0][0]) if rows else 0
 
 
-def _keys_not_null(con: duckdb.DuckDBPyConnection, ds: Dataset, keys: list[str]) -> None:
+def _keys_not_null(
+    con: duckdb.DuckDBPyConnection, ds: Dataset, keys: list[str], sequence_by: str | None
+) -> None:
     cond = " OR ".join(f"{q(k)} IS NULL" for k in keys)
     nulls = _scalar(con, f"SELECT count(*) FROM batch WHERE {cond}")
+    if sequence_by is not None:
+        # A null sequence cannot be ordered against anything: it would win or lose by accident.
+        null_seq = _scalar(con, f"SELECT count(*) FROM batch WHERE {q(sequence_by)} IS NULL")
+        if null_seq:
+            raise DataError(
+                f"{null_seq} row(s) have a null sequence_by value ({sequence_by})",
+                dataset=ds.name,
+                column=sequence_by,
+                expected="non-null sequence values",
+                found=f"{null_seq} null",
+                hint="filter or fill them upstream, e.g. COALESCE with a load timestamp",
+            )
     if nulls:
         raise DataError(
             f"{nulls} row(s) have a null key ({', '.join(keys)})",
@@ -188,13 +207,17 @@ def _duplicate_examples(
     con: duckdb.DuckDBPyConnection, relation: str, ds: Dataset, keys: list[str], also: str = ""
 ) -> None:
     cols = ", ".join(q(k) for k in [*keys, *([also] if also else [])])
-    rows = con.execute(
+    # Through Arrow: DuckDB's own Python conversion of TIMESTAMPTZ needs pytz.
+    found = con.sql(
         f"SELECT {cols}, count(*) AS n FROM {relation} GROUP BY ALL HAVING count(*) > 1 "
         "ORDER BY n DESC LIMIT 3"
-    ).fetchall()
+    ).to_arrow_table()
+    rows = list(zip(*(column.to_pylist() for column in found.columns), strict=True))
     if rows:
         examples = "; ".join(
-            ", ".join(f"{k}={v!r}" for k, v in zip([*keys, *([also] if also else [])], r, strict=False))
+            ", ".join(
+                f"{k}={v!r}" for k, v in zip([*keys, *([also] if also else [])], r, strict=False)
+            )
             + f" ({r[-1]}×)"
             for r in rows
         )
@@ -213,7 +236,8 @@ def _delete_expression(ds: Dataset, condition: str) -> str:
         tree = sqlglot.parse_one(condition, dialect="duckdb")
     except sqlglot.errors.ParseError as exc:
         raise ConfigError(
-            f"delete_when does not parse: {exc.errors[0].get('description') if exc.errors else exc}",
+            "delete_when does not parse: "
+            + str(exc.errors[0].get("description") if exc.errors else exc),
             dataset=ds.name,
             location=ds.location,
         ) from None
@@ -231,7 +255,7 @@ def _merge(
     data = normalize_for_delta(data, ds.name)
     _check_columns(ds, data, [*m.keys, *([m.sequence_by] if m.sequence_by else [])], "merge")
     con = _duckdb(data)
-    _keys_not_null(con, ds, m.keys)
+    _keys_not_null(con, ds, m.keys, m.sequence_by)
     keys = ", ".join(q(k) for k in m.keys)
     if m.sequence_by:
         seq = q(m.sequence_by)
@@ -240,15 +264,15 @@ def _merge(
             f"SELECT * FROM batch QUALIFY row_number() OVER (PARTITION BY {keys} "
             f"ORDER BY {seq} DESC NULLS LAST) = 1"
         )
-        tie_check = (
-            f"SELECT {keys}, {seq} FROM batch WHERE {seq} IS NOT NULL"
-        )
+        tie_check = f"SELECT {keys}, {seq} FROM batch WHERE {seq} IS NOT NULL"
         con.sql(f"CREATE TEMP VIEW seqd AS {tie_check}")
         _duplicate_examples(con, "seqd", ds, m.keys, also=m.sequence_by)
     else:
         ranked = "SELECT * FROM batch"
         _duplicate_examples(con, "batch", ds, m.keys)
-    flag = f"coalesce(({_delete_expression(ds, m.delete_when)}), false)" if m.delete_when else "false"
+    flag = (
+        f"coalesce(({_delete_expression(ds, m.delete_when)}), false)" if m.delete_when else "false"
+    )
     prepared = con.sql(f"SELECT *, {flag} AS {_DELETE_FLAG} FROM ({ranked})").to_arrow_table()
     con.close()
     deletes = prepared.column(_DELETE_FLAG)
@@ -267,7 +291,9 @@ def _merge(
             partition_by=ds.config.partition_by,
             schema_mode="overwrite" if store.exists(ds.name) else None,
         )
-        return WriteResult(version=version, rows_written=inserts.num_rows, inserted=inserts.num_rows)
+        return WriteResult(
+            version=version, rows_written=inserts.num_rows, inserted=inserts.num_rows
+        )
     source = aligned.data.append_column(_DELETE_FLAG, deletes)
     on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in m.keys)
     newer = "TRUE"
@@ -294,6 +320,10 @@ def _merge(
             )
             .execute()
         )
+    if table.version() == target_version:
+        # delta-rs skips the commit of a merge that changes no rows; the batch must still be
+        # recorded (txn + metadata) or it is replayed and its inputs look unconsumed.
+        store.commit_empty(ds.name, aligned.data.schema, info)
     return WriteResult(
         version=store.open(ds.name).version(),
         rows_written=int(metrics.get("num_source_rows", source.num_rows)),
@@ -330,14 +360,17 @@ def _scd2(
     ]
     _check_columns(ds, data, tracked, "track_columns")
     con = _duckdb(data)
-    _keys_not_null(con, ds, s.keys)
+    _keys_not_null(con, ds, s.keys, s.sequence_by)
     keys = ", ".join(q(k) for k in s.keys)
     vf = q(s.sequence_by) if s.sequence_by else "$now::TIMESTAMPTZ"
-    con.execute(f"CREATE TEMP TABLE b AS SELECT *, {vf} AS __lf_vf FROM batch", {"now": now} if not s.sequence_by else None)
+    con.execute(
+        f"CREATE TEMP TABLE b AS SELECT *, {vf} AS __lf_vf FROM batch",
+        {"now": now} if not s.sequence_by else None,
+    )
     _duplicate_examples(con, "b", ds, [*s.keys, "__lf_vf"])
     has_target = target_version is not None
     if has_target:
-        con.register("target", store.read(ds.name, target_version))
+        register_table(con, "target", store.read(ds.name, target_version))
         con.sql(
             f"CREATE TEMP TABLE cur AS SELECT * EXCLUDE ({', '.join(q(c) for c in bookkeeping)}), "
             f"{q(s.valid_from)} AS __lf_vf FROM target WHERE {q(s.is_current)}"
@@ -351,13 +384,12 @@ def _scd2(
         "WHERE c.__lf_vf IS NULL OR b.__lf_vf > c.__lf_vf"
     )
     stale = _scalar(con, "SELECT count(*) FROM b") - _scalar(con, "SELECT count(*) FROM fresh")
-    changed = " OR ".join(
-        f"{q(c)} IS DISTINCT FROM lag({q(c)}) OVER w" for c in tracked
-    ) or "FALSE"
+    changed = " OR ".join(f"{q(c)} IS DISTINCT FROM lag({q(c)}) OVER w" for c in tracked) or "FALSE"
     con.sql(
         "CREATE TEMP TABLE versions AS SELECT * EXCLUDE (__lf_cur, __lf_changed) FROM ("
         f"SELECT *, (row_number() OVER w = 1 OR {changed}) AS __lf_changed FROM ("
-        "SELECT *, TRUE AS __lf_cur FROM cur UNION ALL BY NAME SELECT *, FALSE AS __lf_cur FROM fresh"
+        "SELECT *, TRUE AS __lf_cur FROM cur "
+        "UNION ALL BY NAME SELECT *, FALSE AS __lf_cur FROM fresh"
         f") WINDOW w AS (PARTITION BY {keys} ORDER BY __lf_vf, __lf_cur DESC)"
         ") WHERE __lf_changed AND NOT __lf_cur"
     )
@@ -413,9 +445,7 @@ def _scd2(
                 merge_schema=aligned.schema_mode == "merge",
                 commit_properties=store.commit_properties(info),
             )
-            .when_matched_update(
-                {s.valid_to: f"s.{q(_CLOSE_AT)}", s.is_current: "FALSE"}
-            )
+            .when_matched_update({s.valid_to: f"s.{q(_CLOSE_AT)}", s.is_current: "FALSE"})
             .when_not_matched_insert(
                 inserts_cols, predicate=f"s.{q(_MERGE_KEY + s.keys[0])} IS NULL"
             )

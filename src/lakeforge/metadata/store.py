@@ -1,0 +1,635 @@
+"""The metadata store: run and task history in SQLite (default) or PostgreSQL.
+
+The executor records every run and every task here from many threads (and, with
+PostgreSQL, from several worker processes); the CLI, the HTTP API and the planner read
+it back. Each public call uses its own short session, so one :class:`MetadataStore` can
+be shared by a whole thread pool.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from lakeforge.errors import LakeforgeError
+from lakeforge.metadata.models import RUN_STATUSES, TASK_STATUSES, Run, Task
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+VERSION_TABLE = "lf_alembic_version"
+
+# How long a SQLite writer waits for another writer's lock before giving up (seconds).
+SQLITE_BUSY_TIMEOUT = 30.0
+# Arbitrary constant shared by every Lakeforge process: the key of the PostgreSQL advisory
+# lock that serialises schema upgrades.
+PG_MIGRATION_LOCK_KEY = 0x1AEF0CE
+# Execution option marking a connection that is about to write (SQLite: BEGIN IMMEDIATE).
+_WRITE_OPTION = "lakeforge_write"
+_CONFIG_HINT = "check metadata_url in lakeforge.yml or the LAKEFORGE_METADATA_URL variable"
+
+
+@dataclass
+class TaskRecord:
+    """One task of a run, as stored.
+
+    Attributes:
+        id: store-assigned task id.
+        run_id: the run the task belongs to.
+        dataset: dataset the task builds.
+        layer: the dataset's layer (bronze/silver/gold), if any.
+        status: running, success, failed, skipped, up_to_date or upstream_failed.
+        reason: why the task ran or was skipped.
+        started_at: when it started (UTC).
+        finished_at: when it finished (UTC); ``None`` while running.
+        attempts: executions attempted (0 for tasks that did not execute).
+        rows_in: rows read.
+        rows_out: rows published.
+        input_versions: Delta version each input was pinned to.
+        output_version: Delta version the task committed.
+        fingerprint: code fingerprint of the transform.
+        error: error message when failed.
+        metrics: free-form task metrics.
+    """
+
+    id: int
+    run_id: str
+    dataset: str
+    layer: str | None
+    status: str
+    reason: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    rows_in: int | None
+    rows_out: int | None
+    input_versions: dict[str, int]
+    output_version: int | None
+    fingerprint: str | None
+    error: str | None
+    metrics: dict[str, Any]
+
+
+@dataclass
+class RunRecord:
+    """One run, as stored.
+
+    Attributes:
+        id: the run id.
+        project: project name.
+        selection: the selection expression the run was started with.
+        full_refresh: whether the run rebuilt everything.
+        status: running, success, failed or partial.
+        started_at: when it started (UTC).
+        finished_at: when it finished (UTC); ``None`` while running.
+        error: run-level error message.
+        options: run options, e.g. ``{"no_gate": False}``.
+        tasks: the run's tasks in start order (filled by ``get_run``/``latest_run`` only).
+        counts: number of tasks per status, computed when the run finishes.
+    """
+
+    id: str
+    project: str
+    selection: str | None
+    full_refresh: bool
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    options: dict[str, Any]
+    tasks: list[TaskRecord] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, fit for messages and logs.
+
+    Args:
+        url: a SQLAlchemy database URL, possibly malformed.
+
+    Returns:
+        The URL with the password (in the authority or a ``password=`` query parameter)
+        hidden.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        return re.sub(r"([?&]password=)[^&]*", r"\1***", masked)
+    shown = parsed.render_as_string(hide_password=True)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", shown)
+
+
+class MetadataStore:
+    """Run and task history in a SQL database, upgraded to the current schema on open.
+
+    Args:
+        url: SQLAlchemy URL, e.g. ``sqlite:///.lakeforge/metadata.db`` or
+            ``postgresql+psycopg2://user@host/db``.
+
+    Raises:
+        LakeforgeError: the URL is invalid, its driver is missing, or the database cannot
+            be reached or upgraded.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = mask_url(url)
+        self._engine = _create_engine(url, self.url)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(
+            self._engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
+        )
+        try:
+            _upgrade_schema(self._engine, self.url)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    def __enter__(self) -> MetadataStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self._engine.dispose()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        run_id: str,
+        *,
+        project: str,
+        selection: str | None,
+        full_refresh: bool,
+        started_at: datetime,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a new run in status ``running``.
+
+        Raises:
+            LakeforgeError: a run with this id already exists.
+        """
+        _require_aware(started_at=started_at)
+        run = Run(
+            id=run_id,
+            project=project,
+            selection=selection,
+            full_refresh=full_refresh,
+            status="running",
+            started_at=started_at,
+            options=dict(options or {}),
+            counts={},
+        )
+        try:
+            with self._session(write=True) as session:
+                session.add(run)
+        except IntegrityError as exc:
+            raise LakeforgeError(
+                f"run {run_id!r} already exists in the metadata store",
+                hint="run ids must be unique; generate a new one for each run",
+            ) from exc
+
+    def finish_run(
+        self, run_id: str, *, status: str, finished_at: datetime, error: str | None = None
+    ) -> None:
+        """Close a run and store how many of its tasks ended in each status.
+
+        Raises:
+            LakeforgeError: unknown run or status.
+        """
+        _check_status(status, RUN_STATUSES, "run")
+        _require_aware(finished_at=finished_at)
+        with self._session(write=True) as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise _no_run(run_id)
+            rows = session.execute(
+                select(Task.status, func.count()).where(Task.run_id == run_id).group_by(Task.status)
+            ).all()
+            run.status = status
+            run.finished_at = finished_at
+            run.error = error
+            run.counts = {task_status: int(n) for task_status, n in rows}
+
+    def start_task(
+        self,
+        run_id: str,
+        *,
+        dataset: str,
+        layer: str | None,
+        reason: str | None,
+        started_at: datetime,
+    ) -> int:
+        """Record a task that starts executing now.
+
+        Returns:
+            The task id, to pass to :meth:`finish_task`.
+
+        Raises:
+            LakeforgeError: the run does not exist.
+        """
+        _require_aware(started_at=started_at)
+        return self._add_task(
+            Task(
+                run_id=run_id,
+                dataset=dataset,
+                layer=layer,
+                status="running",
+                reason=reason,
+                started_at=started_at,
+                attempts=1,
+                input_versions={},
+                metrics={},
+            )
+        )
+
+    def finish_task(
+        self,
+        task_id: int,
+        *,
+        status: str,
+        finished_at: datetime,
+        attempts: int = 1,
+        rows_in: int | None = None,
+        rows_out: int | None = None,
+        input_versions: dict[str, int] | None = None,
+        output_version: int | None = None,
+        fingerprint: str | None = None,
+        error: str | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        """Store the outcome of a task started with :meth:`start_task`.
+
+        Raises:
+            LakeforgeError: unknown task id or status.
+        """
+        _check_status(status, TASK_STATUSES, "task")
+        _require_aware(finished_at=finished_at)
+        with self._session(write=True) as session:
+            task = session.get(Task, task_id)
+            if task is None:
+                raise LakeforgeError(
+                    f"no task with id {task_id} in the metadata store at {self.url}",
+                    hint="pass the id returned by start_task",
+                )
+            task.status = status
+            task.finished_at = finished_at
+            task.attempts = attempts
+            task.rows_in = rows_in
+            task.rows_out = rows_out
+            task.input_versions = dict(input_versions or {})
+            task.output_version = output_version
+            task.fingerprint = fingerprint
+            task.error = error
+            task.metrics = dict(metrics or {})
+
+    def record_task(
+        self,
+        run_id: str,
+        *,
+        dataset: str,
+        layer: str | None,
+        status: str,
+        reason: str | None,
+        at: datetime,
+    ) -> int:
+        """Record a task that did not execute (up_to_date, upstream_failed, skipped).
+
+        Returns:
+            The task id.
+
+        Raises:
+            LakeforgeError: the run does not exist or the status is not a final one.
+        """
+        _check_status(status, tuple(s for s in TASK_STATUSES if s != "running"), "task")
+        _require_aware(at=at)
+        return self._add_task(
+            Task(
+                run_id=run_id,
+                dataset=dataset,
+                layer=layer,
+                status=status,
+                reason=reason,
+                started_at=at,
+                finished_at=at,
+                attempts=0,
+                input_versions={},
+                metrics={},
+            )
+        )
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def list_runs(self, limit: int = 20) -> list[RunRecord]:
+        """Return the newest ``limit`` runs, newest first, without their tasks."""
+        with self._session() as session:
+            runs = session.scalars(
+                select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)
+            ).all()
+            return [_run_record(run, with_tasks=False) for run in runs]
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """Return one run with its tasks.
+
+        Args:
+            run_id: the full run id or a prefix matching exactly one run.
+
+        Raises:
+            LakeforgeError: no run matches, or the prefix matches several runs.
+        """
+        with self._session() as session:
+            run = session.get(Run, run_id, options=[selectinload(Run.tasks)])
+            if run is not None:
+                return _run_record(run, with_tasks=True)
+            if not run_id:
+                raise _no_run(run_id)
+            escaped = re.sub(r"([\\%_])", r"\\\1", run_id)
+            matches = session.scalars(
+                select(Run)
+                .where(Run.id.like(f"{escaped}%", escape="\\"))
+                .order_by(Run.started_at.desc())
+                .limit(6)
+                .options(selectinload(Run.tasks))
+            ).all()
+            if not matches:
+                raise _no_run(run_id)
+            if len(matches) > 1:
+                shown = ", ".join(m.id for m in matches[:5])
+                more = ", …" if len(matches) > 5 else ""
+                raise LakeforgeError(
+                    f"run id prefix {run_id!r} is ambiguous: {shown}{more}",
+                    hint="type more characters of the run id",
+                )
+            return _run_record(matches[0], with_tasks=True)
+
+    def latest_run(self) -> RunRecord | None:
+        """Return the most recently started run with its tasks, or ``None`` if none."""
+        with self._session() as session:
+            run = session.scalars(
+                select(Run)
+                .order_by(Run.started_at.desc(), Run.id.desc())
+                .limit(1)
+                .options(selectinload(Run.tasks))
+            ).first()
+            return None if run is None else _run_record(run, with_tasks=True)
+
+    def list_tasks(self, dataset: str | None = None, limit: int = 50) -> list[TaskRecord]:
+        """Return the newest ``limit`` tasks, newest first, optionally of one dataset."""
+        query = select(Task).order_by(Task.started_at.desc(), Task.id.desc()).limit(limit)
+        if dataset is not None:
+            query = query.where(Task.dataset == dataset)
+        with self._session() as session:
+            return [_task_record(task) for task in session.scalars(query)]
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _add_task(self, task: Task) -> int:
+        try:
+            with self._session(write=True) as session:
+                session.add(task)
+                session.flush()
+                return task.id
+        except IntegrityError as exc:
+            raise _no_run(task.run_id) from exc
+
+    @contextmanager
+    def _session(self, *, write: bool = False) -> Iterator[Session]:
+        """One session per call, in one transaction; database outages become LakeforgeError."""
+        maker = self._write_sessions if write else self._sessions
+        try:
+            with maker() as session, session.begin():
+                yield session
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            raise _unavailable(self.url, exc) from exc
+
+
+def _create_engine(url: str, shown_url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise LakeforgeError(
+            f"invalid metadata store URL {shown_url!r}",
+            hint="use e.g. sqlite:///path/metadata.db or postgresql+psycopg2://user@host/db; "
+            + _CONFIG_HINT,
+        ) from exc
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _create_sqlite_engine(parsed, shown_url)
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in (
+            "psycopg2",
+            "psycopg",
+        ):
+            # Fail fast when the server is down instead of hanging on the OS TCP timeout.
+            connect_args["connect_timeout"] = 10
+        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    except NoSuchModuleError as exc:
+        raise LakeforgeError(
+            f"unsupported metadata store URL {shown_url!r}: no such database dialect",
+            hint="use a sqlite:// or postgresql+psycopg2:// URL; " + _CONFIG_HINT,
+        ) from exc
+    except ImportError as exc:
+        raise LakeforgeError(
+            f"the database driver for {shown_url!r} is not installed ({exc.name})",
+            hint="install lakeforge[postgres] for PostgreSQL URLs",
+        ) from exc
+
+
+def _create_sqlite_engine(url: URL, shown_url: str) -> Engine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or "mode=memory" in database
+    if not in_memory and not database.startswith("file:"):
+        try:
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LakeforgeError(
+                f"cannot create the folder of the metadata store {shown_url!r}: {exc}",
+                hint="check the path and its permissions; " + _CONFIG_HINT,
+            ) from exc
+    engine = create_engine(
+        url,
+        connect_args={
+            "timeout": SQLITE_BUSY_TIMEOUT,
+            "check_same_thread": False,
+            # Driver autocommit: the events below emit BEGIN themselves, so that writers can
+            # take the write lock up front (pysqlite's implicit BEGIN cannot).
+            "isolation_level": None,
+        },
+        # One in-memory database only exists on one connection, so it must be shared.
+        **({"poolclass": StaticPool} if in_memory else {}),
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode")
+            if not in_memory and cursor.fetchone()[0].lower() != "wal":
+                # WAL lets readers (CLI, API) proceed while the executor writes. The mode is
+                # stored in the file, so only the first connection ever pays this.
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # A deferred transaction that reads then writes fails with "database is locked"
+        # without waiting when another writer got in first; IMMEDIATE waits for the lock.
+        immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@cache
+def _script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_alembic_config())
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    # Config values go through ConfigParser interpolation, which treats % specially.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    return config
+
+
+def _current_heads(conn: Connection) -> set[str]:
+    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    return set(context.get_current_heads())
+
+
+def _upgrade_schema(engine: Engine, shown_url: str) -> None:
+    """Bring the schema to head; cheap when it already is, safe when racing other openers."""
+    scripts = _script_directory()
+    heads = set(scripts.get_heads())
+    try:
+        with engine.connect() as conn:
+            current = _current_heads(conn)
+        if current == heads:
+            return
+        _check_known(current, scripts, shown_url)
+        # Serialise concurrent upgraders: the lock holder migrates, the others wait, then
+        # see the schema at head and do nothing. SQLite: BEGIN IMMEDIATE takes the database
+        # write lock; PostgreSQL: a transaction-scoped advisory lock (its DDL is transactional).
+        with engine.execution_options(**{_WRITE_OPTION: True}).begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK_KEY}
+                )
+            current = _current_heads(conn)
+            if current == heads:
+                return
+            _check_known(current, scripts, shown_url)
+            config = _alembic_config()
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    except DBAPIError as exc:
+        raise _unavailable(shown_url, exc) from exc
+
+
+def _check_known(current: set[str], scripts: ScriptDirectory, shown_url: str) -> None:
+    known = {script.revision for script in scripts.walk_revisions()}
+    unknown = current - known
+    if unknown:
+        raise LakeforgeError(
+            f"the metadata store at {shown_url} has schema revision {', '.join(sorted(unknown))}, "
+            "which this version of Lakeforge does not know",
+            hint="a newer Lakeforge wrote to it: upgrade Lakeforge, or point this project "
+            "at another metadata store",
+        )
+
+
+def _unavailable(shown_url: str, exc: DBAPIError) -> LakeforgeError:
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    hint = (
+        "check that the file is a SQLite database and its folder is writable; "
+        if shown_url.startswith("sqlite")
+        else "check that the database server is running and reachable and the credentials "
+        "are right; "
+    )
+    return LakeforgeError(
+        f"metadata store at {shown_url} is unavailable: {reason}", hint=hint + _CONFIG_HINT
+    )
+
+
+def _no_run(run_id: str) -> LakeforgeError:
+    return LakeforgeError(
+        f"no run {run_id!r} in the metadata store",
+        hint="list runs with `lakeforge runs`; a unique prefix of a run id is enough",
+    )
+
+
+def _check_status(status: str, allowed: tuple[str, ...], kind: str) -> None:
+    if status not in allowed:
+        raise LakeforgeError(
+            f"invalid {kind} status {status!r}",
+            expected=" | ".join(allowed),
+            found=status,
+        )
+
+
+def _require_aware(**values: datetime) -> None:
+    for name, value in values.items():
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"{name}={value.isoformat()} is a naive datetime; the metadata store needs "
+                "timezone-aware values, e.g. datetime.now(timezone.utc)"
+            )
+
+
+def _task_record(task: Task) -> TaskRecord:
+    return TaskRecord(
+        id=task.id,
+        run_id=task.run_id,
+        dataset=task.dataset,
+        layer=task.layer,
+        status=task.status,
+        reason=task.reason,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+        attempts=task.attempts,
+        rows_in=task.rows_in,
+        rows_out=task.rows_out,
+        input_versions=dict(task.input_versions or {}),
+        output_version=task.output_version,
+        fingerprint=task.fingerprint,
+        error=task.error,
+        metrics=dict(task.metrics or {}),
+    )
+
+
+def _run_record(run: Run, *, with_tasks: bool) -> RunRecord:
+    return RunRecord(
+        id=run.id,
+        project=run.project,
+        selection=run.selection,
+        full_refresh=run.full_refresh,
+        status=run.status,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        error=run.error,
+        options=dict(run.options or {}),
+        tasks=[_task_record(task) for task in run.tasks] if with_tasks else [],
+        counts=dict(run.counts or {}),
+    )
