@@ -43,7 +43,7 @@ def require_service(name: str, check: Callable[[], Any]) -> Any:
         problem = None if result is not False else "check returned False"
     except Exception as exc:  # any failure of the probe means "not available"
         result = None
-        problem = f"{type(exc).__name__}: {str(exc).strip()}"
+        problem = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     if problem is None:
         return result
     message = f"{name} is not available ({problem})"

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -250,6 +251,26 @@ def test_threads_write_concurrently(store: MetadataStore) -> None:
     assert sorted(t.id for t in run.tasks) == sorted(all_ids)
     assert run.counts == {"success": 200}
     assert all(t.finished_at is not None for t in run.tasks)
+
+
+def test_threads_open_fresh_files_at_once(tmp_path: Path) -> None:
+    # Half the threads share one file, the rest each have their own: upgrades of the same
+    # file must serialise, upgrades of different files must not trip over each other.
+    threads = 8
+    paths = [tmp_path / "shared.db"] * 4 + [tmp_path / f"own{i}.db" for i in range(4)]
+    barrier = threading.Barrier(threads, timeout=30)
+
+    def open_and_write(me: int) -> None:
+        barrier.wait()
+        with MetadataStore(f"sqlite:///{paths[me]}") as opened:
+            start(opened, f"t{me}")
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(open_and_write, range(threads)))
+    for path in set(paths):
+        with MetadataStore(f"sqlite:///{path}") as opened:
+            expected = sorted(f"t{me}" for me in range(threads) if paths[me] == path)
+            assert sorted(run.id for run in opened.list_runs()) == expected
 
 
 OPENER = textwrap.dedent(

@@ -1,4 +1,5 @@
-"""ORM models of the metadata store: one row per run, one row per task.
+"""Models of the metadata store: ORM tables (a row per run, a row per task) and the plain
+records the store hands out.
 
 Tables are prefixed ``lf_`` so the store can share a database with other applications;
 the Alembic version table is prefixed the same way (see ``migrations/env.py``).
@@ -6,6 +7,7 @@ the Alembic version table is prefixed the same way (see ``migrations/env.py``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,3 +134,117 @@ class Task(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     run: Mapped[Run] = relationship(back_populates="tasks")
+
+
+# Plain records handed out by the store, detached from any session (safe across threads).
+
+
+@dataclass
+class TaskRecord:
+    """One task of a run, as stored.
+
+    Attributes:
+        id: store-assigned task id.
+        run_id: the run the task belongs to.
+        dataset: dataset the task builds.
+        layer: the dataset's layer (bronze/silver/gold), if any.
+        status: running, success, failed, skipped, up_to_date or upstream_failed.
+        reason: why the task ran or was skipped.
+        started_at: when it started (UTC).
+        finished_at: when it finished (UTC); ``None`` while running.
+        attempts: executions attempted (0 for tasks that did not execute).
+        rows_in: rows read.
+        rows_out: rows published.
+        input_versions: Delta version each input was pinned to.
+        output_version: Delta version the task committed.
+        fingerprint: code fingerprint of the transform.
+        error: error message when failed.
+        metrics: free-form task metrics.
+    """
+
+    id: int
+    run_id: str
+    dataset: str
+    layer: str | None
+    status: str
+    reason: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    rows_in: int | None
+    rows_out: int | None
+    input_versions: dict[str, int]
+    output_version: int | None
+    fingerprint: str | None
+    error: str | None
+    metrics: dict[str, Any]
+
+    @classmethod
+    def of(cls, task: Task) -> TaskRecord:
+        """Detach a stored task from its session."""
+        return cls(
+            id=task.id,
+            run_id=task.run_id,
+            dataset=task.dataset,
+            layer=task.layer,
+            status=task.status,
+            reason=task.reason,
+            started_at=task.started_at,
+            finished_at=task.finished_at,
+            attempts=task.attempts,
+            rows_in=task.rows_in,
+            rows_out=task.rows_out,
+            input_versions=dict(task.input_versions or {}),
+            output_version=task.output_version,
+            fingerprint=task.fingerprint,
+            error=task.error,
+            metrics=dict(task.metrics or {}),
+        )
+
+
+@dataclass
+class RunRecord:
+    """One run, as stored.
+
+    Attributes:
+        id: the run id.
+        project: project name.
+        selection: the selection expression the run was started with.
+        full_refresh: whether the run rebuilt everything.
+        status: running, success, failed or partial.
+        started_at: when it started (UTC).
+        finished_at: when it finished (UTC); ``None`` while running.
+        error: run-level error message.
+        options: run options, e.g. ``{"no_gate": False}``.
+        tasks: the run's tasks in start order (filled by ``get_run``/``latest_run`` only).
+        counts: number of tasks per status, computed when the run finishes.
+    """
+
+    id: str
+    project: str
+    selection: str | None
+    full_refresh: bool
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    options: dict[str, Any]
+    tasks: list[TaskRecord] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, run: Run, *, with_tasks: bool) -> RunRecord:
+        """Detach a stored run (and, if asked, its loaded tasks) from its session."""
+        return cls(
+            id=run.id,
+            project=run.project,
+            selection=run.selection,
+            full_refresh=run.full_refresh,
+            status=run.status,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            error=run.error,
+            options=dict(run.options or {}),
+            tasks=[TaskRecord.of(task) for task in run.tasks] if with_tasks else [],
+            counts=dict(run.counts or {}),
+        )

@@ -9,9 +9,11 @@ be shared by a whole thread pool.
 from __future__ import annotations
 
 import re
+import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -28,7 +30,14 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from lakeforge.errors import LakeforgeError
-from lakeforge.metadata.models import RUN_STATUSES, TASK_STATUSES, Run, Task
+from lakeforge.metadata.models import (
+    RUN_STATUSES,
+    TASK_STATUSES,
+    Run,
+    RunRecord,
+    Task,
+    TaskRecord,
+)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 VERSION_TABLE = "lf_alembic_version"
@@ -40,79 +49,10 @@ SQLITE_BUSY_TIMEOUT = 30.0
 PG_MIGRATION_LOCK_KEY = 0x1AEF0CE
 # Execution option marking a connection that is about to write (SQLite: BEGIN IMMEDIATE).
 _WRITE_OPTION = "lakeforge_write"
+# Alembic's ``context``/``op`` are module-global proxies: two upgrades running at once in
+# one process (on different databases) would clobber each other's migration context.
+_ALEMBIC_LOCK = threading.Lock()
 _CONFIG_HINT = "check metadata_url in lakeforge.yml or the LAKEFORGE_METADATA_URL variable"
-
-
-@dataclass
-class TaskRecord:
-    """One task of a run, as stored.
-
-    Attributes:
-        id: store-assigned task id.
-        run_id: the run the task belongs to.
-        dataset: dataset the task builds.
-        layer: the dataset's layer (bronze/silver/gold), if any.
-        status: running, success, failed, skipped, up_to_date or upstream_failed.
-        reason: why the task ran or was skipped.
-        started_at: when it started (UTC).
-        finished_at: when it finished (UTC); ``None`` while running.
-        attempts: executions attempted (0 for tasks that did not execute).
-        rows_in: rows read.
-        rows_out: rows published.
-        input_versions: Delta version each input was pinned to.
-        output_version: Delta version the task committed.
-        fingerprint: code fingerprint of the transform.
-        error: error message when failed.
-        metrics: free-form task metrics.
-    """
-
-    id: int
-    run_id: str
-    dataset: str
-    layer: str | None
-    status: str
-    reason: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    attempts: int
-    rows_in: int | None
-    rows_out: int | None
-    input_versions: dict[str, int]
-    output_version: int | None
-    fingerprint: str | None
-    error: str | None
-    metrics: dict[str, Any]
-
-
-@dataclass
-class RunRecord:
-    """One run, as stored.
-
-    Attributes:
-        id: the run id.
-        project: project name.
-        selection: the selection expression the run was started with.
-        full_refresh: whether the run rebuilt everything.
-        status: running, success, failed or partial.
-        started_at: when it started (UTC).
-        finished_at: when it finished (UTC); ``None`` while running.
-        error: run-level error message.
-        options: run options, e.g. ``{"no_gate": False}``.
-        tasks: the run's tasks in start order (filled by ``get_run``/``latest_run`` only).
-        counts: number of tasks per status, computed when the run finishes.
-    """
-
-    id: str
-    project: str
-    selection: str | None
-    full_refresh: bool
-    status: str
-    started_at: datetime
-    finished_at: datetime | None
-    error: str | None
-    options: dict[str, Any]
-    tasks: list[TaskRecord] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 def mask_url(url: str) -> str:
@@ -343,7 +283,7 @@ class MetadataStore:
             runs = session.scalars(
                 select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)
             ).all()
-            return [_run_record(run, with_tasks=False) for run in runs]
+            return [RunRecord.of(run, with_tasks=False) for run in runs]
 
     def get_run(self, run_id: str) -> RunRecord:
         """Return one run with its tasks.
@@ -357,7 +297,7 @@ class MetadataStore:
         with self._session() as session:
             run = session.get(Run, run_id, options=[selectinload(Run.tasks)])
             if run is not None:
-                return _run_record(run, with_tasks=True)
+                return RunRecord.of(run, with_tasks=True)
             if not run_id:
                 raise _no_run(run_id)
             escaped = re.sub(r"([\\%_])", r"\\\1", run_id)
@@ -377,7 +317,7 @@ class MetadataStore:
                     f"run id prefix {run_id!r} is ambiguous: {shown}{more}",
                     hint="type more characters of the run id",
                 )
-            return _run_record(matches[0], with_tasks=True)
+            return RunRecord.of(matches[0], with_tasks=True)
 
     def latest_run(self) -> RunRecord | None:
         """Return the most recently started run with its tasks, or ``None`` if none."""
@@ -388,7 +328,7 @@ class MetadataStore:
                 .limit(1)
                 .options(selectinload(Run.tasks))
             ).first()
-            return None if run is None else _run_record(run, with_tasks=True)
+            return None if run is None else RunRecord.of(run, with_tasks=True)
 
     def list_tasks(self, dataset: str | None = None, limit: int = 50) -> list[TaskRecord]:
         """Return the newest ``limit`` tasks, newest first, optionally of one dataset."""
@@ -396,7 +336,7 @@ class MetadataStore:
         if dataset is not None:
             query = query.where(Task.dataset == dataset)
         with self._session() as session:
-            return [_task_record(task) for task in session.scalars(query)]
+            return [TaskRecord.of(task) for task in session.scalars(query)]
 
     # -- internals ------------------------------------------------------------------------
 
@@ -483,11 +423,8 @@ def _create_sqlite_engine(url: URL, shown_url: str) -> Engine:
         cursor = dbapi_conn.cursor()
         try:
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode")
-            if not in_memory and cursor.fetchone()[0].lower() != "wal":
-                # WAL lets readers (CLI, API) proceed while the executor writes. The mode is
-                # stored in the file, so only the first connection ever pays this.
-                cursor.execute("PRAGMA journal_mode=WAL")
+            if not in_memory:
+                _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
@@ -500,6 +437,27 @@ def _create_sqlite_engine(url: URL, shown_url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch the file to WAL so readers (CLI, API) proceed while the executor writes.
+
+    The mode is stored in the file, so only the first connection ever switches it. The
+    switch needs an exclusive lock and SQLite does not apply the busy timeout to it, so a
+    connection racing other openers of a fresh file polls until the deadline.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 @cache
@@ -543,7 +501,8 @@ def _upgrade_schema(engine: Engine, shown_url: str) -> None:
             _check_known(current, scripts, shown_url)
             config = _alembic_config()
             config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+            with _ALEMBIC_LOCK:
+                command.upgrade(config, "head")
     except DBAPIError as exc:
         raise _unavailable(shown_url, exc) from exc
 
@@ -596,40 +555,3 @@ def _require_aware(**values: datetime) -> None:
                 f"{name}={value.isoformat()} is a naive datetime; the metadata store needs "
                 "timezone-aware values, e.g. datetime.now(timezone.utc)"
             )
-
-
-def _task_record(task: Task) -> TaskRecord:
-    return TaskRecord(
-        id=task.id,
-        run_id=task.run_id,
-        dataset=task.dataset,
-        layer=task.layer,
-        status=task.status,
-        reason=task.reason,
-        started_at=task.started_at,
-        finished_at=task.finished_at,
-        attempts=task.attempts,
-        rows_in=task.rows_in,
-        rows_out=task.rows_out,
-        input_versions=dict(task.input_versions or {}),
-        output_version=task.output_version,
-        fingerprint=task.fingerprint,
-        error=task.error,
-        metrics=dict(task.metrics or {}),
-    )
-
-
-def _run_record(run: Run, *, with_tasks: bool) -> RunRecord:
-    return RunRecord(
-        id=run.id,
-        project=run.project,
-        selection=run.selection,
-        full_refresh=run.full_refresh,
-        status=run.status,
-        started_at=run.started_at,
-        finished_at=run.finished_at,
-        error=run.error,
-        options=dict(run.options or {}),
-        tasks=[_task_record(task) for task in run.tasks] if with_tasks else [],
-        counts=dict(run.counts or {}),
-    )

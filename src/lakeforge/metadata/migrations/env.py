@@ -14,8 +14,8 @@ from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
 from lakeforge.metadata.models import Base
+from lakeforge.metadata.store import VERSION_TABLE
 
-VERSION_TABLE = "lf_alembic_version"
 TABLE_PREFIX = "lf_"
 
 
