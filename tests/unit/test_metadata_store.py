@@ -11,18 +11,23 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine, event, text
 
 from lakeforge.errors import LakeforgeError
 from lakeforge.metadata import MetadataStore, RunRecord, mask_url
-from lakeforge.metadata.models import Base
+from lakeforge.metadata.models import Base, CheckResultRecord, JSONDocument, UTCDateTime
+from lakeforge.metadata.store import MIGRATIONS_DIR
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -207,7 +212,7 @@ def test_reopen_is_idempotent_and_skips_alembic(
     engine = create_engine(db_url)
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": "lf_alembic_version"})
-        assert context.get_current_heads() == ("0001",)
+        assert context.get_current_heads() == ("0002",)
     engine.dispose()
 
 
@@ -220,12 +225,20 @@ def test_migrations_build_exactly_the_models(db_url: str) -> None:
             opts={
                 "compare_type": True,
                 "include_object": lambda obj, name, type_, *_: (
-                    type_ != "table" or name.startswith("lf_runs") or name.startswith("lf_tasks")
+                    type_ != "table" or (name.startswith("lf_") and name != "lf_alembic_version")
                 ),
             },
         )
         assert compare_metadata(context, Base.metadata) == []
     engine.dispose()
+
+
+def test_migrations_build_every_model_table(db_url: str) -> None:
+    MetadataStore(db_url).close()
+    engine = create_engine(db_url)
+    tables = set(sa.inspect(engine).get_table_names())
+    engine.dispose()
+    assert set(Base.metadata.tables) <= tables
 
 
 def test_threads_write_concurrently(store: MetadataStore) -> None:
@@ -375,3 +388,427 @@ def test_mask_url_hides_passwords() -> None:
 def test_importing_lakeforge_does_not_import_sqlalchemy() -> None:
     code = "import sys, lakeforge; sys.exit(bool({'sqlalchemy', 'alembic'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# -- data-quality check results ------------------------------------------------------------
+
+
+def check_result(run_id: str, at: datetime = T0, **kw: Any) -> CheckResultRecord:
+    """A check result with plausible defaults; keywords override any field."""
+    fields: dict[str, Any] = {
+        "run_id": run_id,
+        "dataset": "orders",
+        "name": "row_count",
+        "check_type": "row_count",
+        "origin": "check",
+        "severity": "error",
+        "status": "pass",
+        "published": True,
+        "created_at": at,
+    }
+    fields.update(kw)
+    return CheckResultRecord(**fields)
+
+
+def migrate(url: str, action: str, revision: str) -> None:
+    """Run ``alembic upgrade|downgrade revision`` on the store's migrations."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            getattr(command, action)(config, revision)
+    finally:
+        engine.dispose()
+
+
+def schema_revision(url: str) -> tuple[str, ...]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"version_table": "lf_alembic_version"})
+            return tuple(context.get_current_heads())
+    finally:
+        engine.dispose()
+
+
+def seed_revision_0001(url: str) -> None:
+    """Two finished runs with tasks, written in the 0001 schema (before check results)."""
+    runs = sa.table(
+        "lf_runs",
+        *(sa.column(c) for c in ("id", "project", "selection", "full_refresh", "status")),
+        sa.column("started_at", UTCDateTime()),
+        sa.column("finished_at", UTCDateTime()),
+        sa.column("error"),
+        sa.column("options", JSONDocument),
+        sa.column("counts", JSONDocument),
+    )
+    tasks = sa.table(
+        "lf_tasks",
+        *(sa.column(c) for c in ("run_id", "dataset", "layer", "status", "reason", "attempts")),
+        sa.column("started_at", UTCDateTime()),
+        sa.column("finished_at", UTCDateTime()),
+        sa.column("input_versions", JSONDocument),
+        sa.column("metrics", JSONDocument),
+    )
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for i in range(2):
+            at = T0 + timedelta(hours=i)
+            conn.execute(
+                runs.insert().values(
+                    id=f"old-{i}",
+                    project="demo",
+                    selection=None,
+                    full_refresh=False,
+                    status="success",
+                    started_at=at,
+                    finished_at=at + timedelta(minutes=1),
+                    error=None,
+                    options={"no_gate": bool(i)},
+                    counts={"success": 1},
+                )
+            )
+            conn.execute(
+                tasks.insert().values(
+                    run_id=f"old-{i}",
+                    dataset="orders",
+                    layer="silver",
+                    status="success",
+                    reason="new input",
+                    attempts=1,
+                    started_at=at,
+                    finished_at=at + timedelta(seconds=30),
+                    input_versions={"raw": i},
+                    metrics={"rows": 10 * i},
+                )
+            )
+    engine.dispose()
+
+
+def test_upgrade_from_0001_keeps_runs_and_downgrade_drops_check_results(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'metadata.db'}"
+    migrate(db_url, "upgrade", "0001")
+    seed_revision_0001(db_url)
+    assert schema_revision(db_url) == ("0001",)
+
+    with MetadataStore(db_url) as opened:
+        assert schema_revision(db_url) == ("0002",)
+        assert [r.id for r in opened.list_runs()] == ["old-1", "old-0"]
+        old = opened.get_run("old-1")
+        assert (old.status, old.options, old.counts) == (
+            "success",
+            {"no_gate": True},
+            {"success": 1},
+        )
+        assert old.started_at == T0 + timedelta(hours=1)
+        (task,) = old.tasks
+        assert (task.dataset, task.input_versions, task.metrics) == (
+            "orders",
+            {"raw": 1},
+            {"rows": 10},
+        )
+        opened.record_check_results([check_result("old-1", task_id=task.id, value=10.0)])
+        assert [(c.run_id, c.task_id) for c in opened.list_check_results()] == [("old-1", task.id)]
+
+    migrate(db_url, "downgrade", "0001")
+    assert schema_revision(db_url) == ("0001",)
+    engine = create_engine(db_url)
+    inspector = sa.inspect(engine)
+    assert "lf_check_results" not in inspector.get_table_names()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id FROM lf_runs ORDER BY id")).scalars().all() == [
+            "old-0",
+            "old-1",
+        ]
+        assert conn.execute(text("SELECT count(*) FROM lf_tasks")).scalar_one() == 2
+    engine.dispose()
+
+    # Upgrading again recreates an empty table next to the untouched runs.
+    with MetadataStore(db_url) as reopened:
+        assert reopened.list_check_results() == []
+        assert len(reopened.get_run("old-0").tasks) == 1
+    assert schema_revision(db_url) == ("0002",)
+
+
+def test_check_results_round_trip(store: MetadataStore) -> None:
+    start(store, "r")
+    task_id = store.start_task("r", dataset="orders", layer="silver", reason=None, started_at=T0)
+    cet = timezone(timedelta(hours=2))
+    full = check_result(
+        "r",
+        at=(T0 + timedelta(seconds=1)).astimezone(cet),
+        task_id=task_id,
+        name="amount_in_range",
+        check_type="range",
+        origin="expectation",
+        severity="warn",
+        status="warn",
+        scope="batch",
+        value=0.125,
+        failing=5_000_000_000,
+        total=40_000_000_000,
+        threshold="warn > 0.1, error > 0.5",
+        message="12.5% of rows out of range",
+        sample=[{"id": 1, "amount": -3.5}],
+        published=False,
+    )
+    store.record_check_results([full, check_result("r", status="skipped")])
+    store.record_check_results([])  # nothing to do, no error
+
+    newest, oldest = store.list_check_results()
+    assert newest.id is not None and oldest.id is not None and newest.id != oldest.id
+    # Read back in UTC, whatever zone it was written in; every other field as given.
+    assert newest == replace(full, created_at=T0 + timedelta(seconds=1), id=newest.id)
+    assert newest.created_at.tzinfo is UTC
+    assert (oldest.status, oldest.task_id, oldest.value, oldest.sample) == (
+        "skipped",
+        None,
+        None,
+        None,
+    )
+    assert full.id is None  # the caller's record is left alone
+
+
+def test_list_check_results_filters_and_orders(store: MetadataStore) -> None:
+    start(store, "r1")
+    start(store, "r2", at=T0 + timedelta(hours=1))
+    store.record_check_results(
+        [
+            check_result("r2", T0 + timedelta(hours=1), name="not_null_id", status="fail"),
+            check_result("r1", T0, name="not_null_id", status="pass"),
+            check_result("r1", T0 + timedelta(seconds=1), name="row_count", status="warn"),
+            check_result("r2", T0 + timedelta(hours=1), dataset="customers", status="error"),
+            check_result("r2", T0 + timedelta(hours=1, seconds=1), name="row_count", status="pass"),
+        ]
+    )
+
+    def listed(**filters: Any) -> list[tuple[str, str, str, str]]:
+        return [
+            (c.run_id, c.dataset, c.name, c.status) for c in store.list_check_results(**filters)
+        ]
+
+    # Newest first; equal timestamps fall back to the insertion order, newest first.
+    assert listed() == [
+        ("r2", "orders", "row_count", "pass"),
+        ("r2", "customers", "row_count", "error"),
+        ("r2", "orders", "not_null_id", "fail"),
+        ("r1", "orders", "row_count", "warn"),
+        ("r1", "orders", "not_null_id", "pass"),
+    ]
+    assert listed(run_id="r1") == [
+        ("r1", "orders", "row_count", "warn"),
+        ("r1", "orders", "not_null_id", "pass"),
+    ]
+    assert listed(dataset="customers") == [("r2", "customers", "row_count", "error")]
+    assert listed(dataset="orders", name="not_null_id") == [
+        ("r2", "orders", "not_null_id", "fail"),
+        ("r1", "orders", "not_null_id", "pass"),
+    ]
+    assert listed(status="fail") == [("r2", "orders", "not_null_id", "fail")]
+    assert listed(status=("fail", "error"), run_id="r2") == [
+        ("r2", "customers", "row_count", "error"),
+        ("r2", "orders", "not_null_id", "fail"),
+    ]
+    assert listed(status=["warn", "pass"], limit=2) == [
+        ("r2", "orders", "row_count", "pass"),
+        ("r1", "orders", "row_count", "warn"),
+    ]
+    assert listed(run_id="r") == []  # run ids are matched exactly, not as prefixes
+    assert listed(name="nope") == []
+
+
+def seed_metric_history(store: MetadataStore) -> None:
+    """orders/row_count over three runs; r3 is the run being judged."""
+    for i, run_id in enumerate(("r1", "r2", "r3")):
+        start(store, run_id, at=T0 + timedelta(hours=i))
+    h = timedelta(hours=1)
+    store.record_check_results(
+        [
+            # Recorded out of time order: the history must follow created_at.
+            check_result("r3", T0 + 2 * h, value=99.0),
+            check_result("r1", T0, value=10.0),
+            check_result("r1", T0 + timedelta(minutes=1), value=11.0, published=False),
+            check_result("r2", T0 + h, value=None, status="skipped"),
+            check_result("r2", T0 + h + timedelta(seconds=1), value=12.0),
+            # Same timestamp: the one recorded last is the newest.
+            check_result("r2", T0 + h + timedelta(seconds=2), value=13.0),
+            check_result("r2", T0 + h + timedelta(seconds=2), value=14.0),
+            # Same check on another dataset, another check on the same dataset.
+            check_result("r2", T0 + h, dataset="customers", value=500.0),
+            check_result("r2", T0 + h, name="null_fraction", value=0.5),
+        ]
+    )
+
+
+def test_metric_history_order_limit_and_filters(store: MetadataStore) -> None:
+    seed_metric_history(store)
+    history = store.metric_history
+    assert history("orders", "row_count", limit=10) == [99.0, 14.0, 13.0, 12.0, 10.0]
+    assert history("orders", "row_count", limit=10, before_run="r3") == [14.0, 13.0, 12.0, 10.0]
+    assert history("orders", "row_count", limit=2, before_run="r3") == [14.0, 13.0]
+    assert history("orders", "row_count", limit=10, published_only=False, before_run="r3") == [
+        14.0,
+        13.0,
+        12.0,
+        11.0,
+        10.0,
+    ]
+    assert history("orders", "row_count", limit=10, before_run="r2") == [99.0, 10.0]
+    assert history("customers", "row_count", limit=10) == [500.0]
+    assert history("orders", "null_fraction", limit=10) == [0.5]
+    assert history("orders", "missing", limit=10) == []
+    assert history("orders", "row_count", limit=0) == []
+
+
+def test_nan_values_are_left_out_of_history(store: MetadataStore) -> None:
+    start(store, "r")
+    store.record_check_results(
+        [
+            check_result("r", T0, value=1.0),
+            check_result("r", T0 + timedelta(seconds=1), value=float("nan")),
+            check_result("r", T0 + timedelta(seconds=2), value=float("inf")),
+        ]
+    )
+    assert store.metric_history("orders", "row_count", limit=5) == [float("inf"), 1.0]
+    assert [c.value for c in store.list_check_results()] == [float("inf"), None, 1.0]
+
+
+def test_metric_history_reads_the_index(store: MetadataStore, db_url: str) -> None:
+    seed_metric_history(store)
+    statements: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "FROM lf_check_results" in statement:
+            statements.append((statement, parameters))
+
+    event.listen(Engine, "before_cursor_execute", capture)
+    try:
+        assert store.metric_history("orders", "row_count", limit=3, before_run="r3")
+    finally:
+        event.remove(Engine, "before_cursor_execute", capture)
+    ((statement, parameters),) = statements
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        plan = [
+            row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+        ]
+    engine.dispose()
+    # The index answers both the filter and the ORDER BY (its rows end with the rowid, which
+    # is the id), so SQLite stops after ``limit`` rows instead of sorting the history.
+    assert plan == [
+        "SEARCH lf_check_results USING INDEX ix_lf_check_results_dataset_name_created_at "
+        "(dataset=? AND name=?)"
+    ]
+
+
+SAMPLE = {
+    "rows": [
+        {"id": 1, "name": "Zoë Ångström", "city": "東京", "emoji": "🚀🧪", "tags": ["a", "ß"]},
+        {"id": 2, "name": None, "nested": {"deep": {"deeper": [1, 2.5, None, True, {"x": "ü"}]}}},
+    ],
+    "quoted": 'say "hi"\n\ttab \\ backslash',
+    "empty": {},
+    "big": 2**53,
+}
+
+
+def test_json_samples_round_trip(store: MetadataStore, db_url: str) -> None:
+    start(store, "r")
+    store.record_check_results(
+        [
+            check_result("r", T0, name="dict", sample=SAMPLE, message="échec: 東京 🚀"),
+            check_result("r", T0 + timedelta(seconds=1), name="list", sample=[1, "二", [None]]),
+            check_result("r", T0 + timedelta(seconds=2), name="none", sample=None),
+        ]
+    )
+    by_name = {c.name: c for c in store.list_check_results()}
+    assert by_name["dict"].sample == SAMPLE and by_name["dict"].message == "échec: 東京 🚀"
+    assert by_name["list"].sample == [1, "二", [None]]
+    assert by_name["none"].sample is None
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        # No sample is SQL NULL, not the JSON document "null".
+        null_names = conn.execute(
+            text("SELECT name FROM lf_check_results WHERE sample IS NULL")
+        ).scalars()
+        assert list(null_names) == ["none"]
+    engine.dispose()
+
+
+def test_deleting_a_run_deletes_its_check_results(store: MetadataStore, db_url: str) -> None:
+    # The store has no delete yet; this pins the schema's ON DELETE CASCADE for pruning.
+    start(store, "gone")
+    start(store, "kept")
+    task_id = store.start_task("gone", dataset="orders", layer=None, reason=None, started_at=T0)
+    store.record_check_results(
+        [
+            check_result("gone", task_id=task_id),
+            check_result("gone"),
+            check_result("kept", name="kept_check"),
+        ]
+    )
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+        conn.execute(text("DELETE FROM lf_runs WHERE id = 'gone'"))
+    engine.dispose()
+    assert [(c.run_id, c.name) for c in store.list_check_results()] == [("kept", "kept_check")]
+    assert store.list_tasks() == []
+
+
+def test_record_check_results_rejects_bad_input_atomically(store: MetadataStore) -> None:
+    start(store, "r")
+    good = check_result("r")
+    cases: list[tuple[CheckResultRecord, str]] = [
+        (check_result("nope"), "no run 'nope'"),
+        (check_result("r", task_id=12345), "no task with id 12345"),
+        (check_result("r", status="passed"), "invalid check status 'passed'"),
+        (check_result("r", origin="rule"), "invalid check origin 'rule'"),
+        (check_result("r", name="n" * 513), "name is 513 characters long"),
+        (check_result("r", severity="critical-ish-long"), "severity is 17 characters long"),
+    ]
+    for bad, match in cases:
+        with pytest.raises(LakeforgeError, match=match) as info:
+            store.record_check_results([good, bad])
+        assert info.value.hint or info.value.expected
+    with pytest.raises(ValueError, match="naive datetime"):
+        store.record_check_results([good, check_result("r", at=datetime(2024, 1, 1))])
+    # Every batch failed as a whole: the good result of each was not kept either.
+    assert store.list_check_results() == []
+
+
+def test_threads_record_check_results_concurrently(store: MetadataStore) -> None:
+    workers, batches, per_batch = 8, 15, 5
+    for w in range(workers):
+        start(store, f"run-{w}")
+    barrier = threading.Barrier(workers, timeout=30)
+
+    def work(worker: int) -> list[float]:
+        barrier.wait()
+        seen: list[float] = []
+        for b in range(batches):
+            at = T0 + timedelta(seconds=b)
+            store.record_check_results(
+                [
+                    check_result(f"run-{worker}", at, dataset=f"d{worker}", name=f"c{i}", value=b)
+                    for i in range(per_batch)
+                ]
+            )
+            # Readers interleave with the other threads' writers.
+            seen = store.metric_history(f"d{worker}", "c0", limit=3)
+        return seen
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        last_seen = list(pool.map(work, range(workers)))
+
+    assert last_seen == [[14.0, 13.0, 12.0]] * workers
+    results = store.list_check_results()
+    assert len(results) == workers * batches * per_batch
+    assert len({c.id for c in results}) == len(results)
+    for w in range(workers):
+        assert len(store.list_check_results(run_id=f"run-{w}")) == batches * per_batch
+        assert store.metric_history(f"d{w}", f"c{per_batch - 1}", limit=batches) == [
+            float(b) for b in reversed(range(batches))
+        ]

@@ -1,5 +1,5 @@
-"""Models of the metadata store: ORM tables (a row per run, a row per task) and the plain
-records the store hands out.
+"""Models of the metadata store: ORM tables (a row per run, per task and per data-quality
+check result) and the plain records the store hands out.
 
 Tables are prefixed ``lf_`` so the store can share a database with other applications;
 the Alembic version table is prefixed the same way (see ``migrations/env.py``).
@@ -17,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -30,6 +31,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 RUN_STATUSES = ("running", "success", "failed", "partial")
 TASK_STATUSES = ("running", "success", "failed", "skipped", "up_to_date", "upstream_failed")
+CHECK_STATUSES = ("pass", "warn", "fail", "error", "skipped")
+# Where a check result comes from: a dataset's expectations, its checks, or its contract.
+CHECK_ORIGINS = ("expectation", "check", "contract")
 
 # JSONB on PostgreSQL so documents can be indexed and compared later; plain JSON elsewhere.
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
@@ -136,6 +140,41 @@ class Task(Base):
     run: Mapped[Run] = relationship(back_populates="tasks")
 
 
+class CheckResultRow(Base):
+    """The outcome of one data-quality check on one dataset within a run."""
+
+    __tablename__ = "lf_check_results"
+    __table_args__ = (
+        # Serves metric_history: one check's values on one dataset, newest first.
+        Index("ix_lf_check_results_dataset_name_created_at", "dataset", "name", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("lf_runs.id", ondelete="CASCADE"), index=True
+    )
+    # Indexed so that deleting tasks (or runs, which cascade to tasks) does not scan the
+    # whole result history once per task.
+    task_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("lf_tasks.id", ondelete="CASCADE"), index=True
+    )
+    dataset: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(512))
+    check_type: Mapped[str] = mapped_column(String(64))
+    origin: Mapped[str] = mapped_column(String(16))
+    severity: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    scope: Mapped[str | None] = mapped_column(String(16))
+    value: Mapped[float | None] = mapped_column(Float)
+    failing: Mapped[int | None] = mapped_column(BigInteger)
+    total: Mapped[int | None] = mapped_column(BigInteger)
+    threshold: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str | None] = mapped_column(Text)
+    sample: Mapped[Any] = mapped_column(JSONDocument, nullable=True)
+    published: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime]
+
+
 # Plain records handed out by the store, detached from any session (safe across threads).
 
 
@@ -199,6 +238,81 @@ class TaskRecord:
             fingerprint=task.fingerprint,
             error=task.error,
             metrics=dict(task.metrics or {}),
+        )
+
+
+@dataclass(kw_only=True)
+class CheckResultRecord:
+    """One data-quality check result, as recorded or to be recorded.
+
+    Built with keywords only; the optional fields default to ``None`` and ``id`` is
+    assigned by the store (any value given to :meth:`MetadataStore.record_check_results`
+    is ignored).
+
+    Attributes:
+        run_id: the run the check ran in.
+        task_id: the task that ran it, if any.
+        dataset: the dataset checked.
+        name: the check's name, unique within the dataset; its history is keyed by
+            ``(dataset, name)``.
+        check_type: the kind of check, e.g. ``not_null`` or ``row_count``.
+        origin: where the check was declared: expectation, check or contract.
+        severity: the declared severity, e.g. ``error`` or ``warn``.
+        status: pass, warn, fail, error or skipped.
+        scope: what was checked, e.g. ``batch`` or ``table``.
+        value: the measured metric (failing fraction, row count, …), when there is one.
+        failing: number of rows failing the check.
+        total: number of rows checked.
+        threshold: the thresholds the value was compared with, as text.
+        message: a human-readable outcome or error message.
+        sample: a JSON value (typically a few failing rows) to show what went wrong.
+        published: whether the data the check ran on was published; only published
+            results make up the baseline of history-based checks.
+        created_at: when the check ran (UTC).
+        id: store-assigned id; ``None`` until recorded.
+    """
+
+    run_id: str
+    task_id: int | None = None
+    dataset: str
+    name: str
+    check_type: str
+    origin: str
+    severity: str
+    status: str
+    scope: str | None = None
+    value: float | None = None
+    failing: int | None = None
+    total: int | None = None
+    threshold: str | None = None
+    message: str | None = None
+    sample: Any = None
+    published: bool
+    created_at: datetime
+    id: int | None = None
+
+    @classmethod
+    def of(cls, row: CheckResultRow) -> CheckResultRecord:
+        """Detach a stored check result from its session."""
+        return cls(
+            id=row.id,
+            run_id=row.run_id,
+            task_id=row.task_id,
+            dataset=row.dataset,
+            name=row.name,
+            check_type=row.check_type,
+            origin=row.origin,
+            severity=row.severity,
+            status=row.status,
+            scope=row.scope,
+            value=row.value,
+            failing=row.failing,
+            total=row.total,
+            threshold=row.threshold,
+            message=row.message,
+            sample=row.sample,
+            published=row.published,
+            created_at=row.created_at,
         )
 
 

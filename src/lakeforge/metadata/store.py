@@ -1,4 +1,4 @@
-"""The metadata store: run and task history in SQLite (default) or PostgreSQL.
+"""The metadata store: run, task and check-result history in SQLite (default) or PostgreSQL.
 
 The executor records every run and every task here from many threads (and, with
 PostgreSQL, from several worker processes); the CLI, the HTTP API and the planner read
@@ -8,11 +8,12 @@ be shared by a whole thread pool.
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import cache
@@ -23,7 +24,18 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    create_engine,
+    event,
+    func,
+    insert,
+    null,
+    select,
+    text,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -31,8 +43,12 @@ from sqlalchemy.pool import StaticPool
 
 from lakeforge.errors import LakeforgeError
 from lakeforge.metadata.models import (
+    CHECK_ORIGINS,
+    CHECK_STATUSES,
     RUN_STATUSES,
     TASK_STATUSES,
+    CheckResultRecord,
+    CheckResultRow,
     Run,
     RunRecord,
     Task,
@@ -275,6 +291,29 @@ class MetadataStore:
             )
         )
 
+    def record_check_results(self, results: Sequence[CheckResultRecord]) -> None:
+        """Store data-quality check results, all of them or none, in one transaction.
+
+        The store assigns the ids (the records' ``id`` is ignored). A NaN ``value`` is
+        stored as NULL, as SQLite would anyway, so history reads the same on every backend.
+
+        Args:
+            results: the results to add.
+
+        Raises:
+            LakeforgeError: a result names an unknown run or task, has an invalid status
+                or origin, or a text field longer than its column.
+            ValueError: a ``created_at`` is a naive datetime.
+        """
+        if not results:
+            return
+        rows = [_check_result_values(result) for result in results]
+        try:
+            with self._session(write=True) as session:
+                session.execute(insert(CheckResultRow), rows)
+        except IntegrityError as exc:
+            raise self._missing_references(results) from exc
+
     # -- reads ----------------------------------------------------------------------------
 
     def list_runs(self, limit: int = 20) -> list[RunRecord]:
@@ -338,7 +377,99 @@ class MetadataStore:
         with self._session() as session:
             return [TaskRecord.of(task) for task in session.scalars(query)]
 
+    def list_check_results(
+        self,
+        *,
+        run_id: str | None = None,
+        dataset: str | None = None,
+        name: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[CheckResultRecord]:
+        """Return check results, newest first, filtered by every argument given.
+
+        Args:
+            run_id: only results of this run (full id).
+            dataset: only results on this dataset.
+            name: only results of checks with this name.
+            status: only results with this status, or with any of these statuses.
+            limit: at most this many results; all of them when ``None``.
+        """
+        query = select(CheckResultRow).order_by(
+            CheckResultRow.created_at.desc(), CheckResultRow.id.desc()
+        )
+        if run_id is not None:
+            query = query.where(CheckResultRow.run_id == run_id)
+        if dataset is not None:
+            query = query.where(CheckResultRow.dataset == dataset)
+        if name is not None:
+            query = query.where(CheckResultRow.name == name)
+        if isinstance(status, str):
+            query = query.where(CheckResultRow.status == status)
+        elif status is not None:
+            query = query.where(CheckResultRow.status.in_(list(status)))
+        if limit is not None:
+            query = query.limit(limit)
+        with self._session() as session:
+            return [CheckResultRecord.of(row) for row in session.scalars(query)]
+
+    def metric_history(
+        self,
+        dataset: str,
+        name: str,
+        *,
+        limit: int,
+        published_only: bool = True,
+        before_run: str | None = None,
+    ) -> list[float]:
+        """Return the latest measured values of one check on one dataset, newest first.
+
+        Results without a value are skipped. Reads the ``(dataset, name, created_at)``
+        index, so the cost depends on ``limit``, not on the length of the history.
+
+        Args:
+            dataset: the dataset checked.
+            name: the check's name.
+            limit: at most this many values.
+            published_only: only results whose data was published.
+            before_run: leave out the results of this run (typically the current one,
+                whose values are being judged against the history).
+        """
+        query = (
+            select(CheckResultRow.value)
+            .where(
+                CheckResultRow.dataset == dataset,
+                CheckResultRow.name == name,
+                CheckResultRow.value.is_not(None),
+            )
+            .order_by(CheckResultRow.created_at.desc(), CheckResultRow.id.desc())
+            .limit(limit)
+        )
+        if published_only:
+            query = query.where(CheckResultRow.published.is_(True))
+        if before_run is not None:
+            query = query.where(CheckResultRow.run_id != before_run)
+        with self._session() as session:
+            return [value for value in session.scalars(query) if value is not None]
+
     # -- internals ------------------------------------------------------------------------
+
+    def _missing_references(self, results: Sequence[CheckResultRecord]) -> LakeforgeError:
+        """Explain a foreign-key failure of :meth:`record_check_results`."""
+        run_ids = {result.run_id for result in results}
+        task_ids = {result.task_id for result in results if result.task_id is not None}
+        with self._session() as session:
+            known_runs = set(session.scalars(select(Run.id).where(Run.id.in_(run_ids))))
+            known_tasks = set(session.scalars(select(Task.id).where(Task.id.in_(task_ids))))
+        missing_runs = sorted(run_ids - known_runs)
+        if missing_runs:
+            return _no_run(missing_runs[0])
+        missing_tasks = sorted(task_ids - known_tasks)
+        return LakeforgeError(
+            f"no task with id {missing_tasks[0] if missing_tasks else '?'} in the metadata "
+            f"store at {self.url}",
+            hint="pass the id returned by start_task or record_task, or None",
+        )
 
     def _add_task(self, task: Task) -> int:
         try:
@@ -546,6 +677,49 @@ def _check_status(status: str, allowed: tuple[str, ...], kind: str) -> None:
             expected=" | ".join(allowed),
             found=status,
         )
+
+
+_CHECK_TEXT_LIMITS = {
+    column.name: column.type.length
+    for column in CheckResultRow.__table__.columns
+    if isinstance(column.type, String) and column.type.length is not None
+}
+
+
+def _check_result_values(result: CheckResultRecord) -> dict[str, Any]:
+    """Validate one check result and turn it into the values of its row."""
+    _check_status(result.status, CHECK_STATUSES, "check")
+    if result.origin not in CHECK_ORIGINS:
+        raise LakeforgeError(
+            f"invalid check origin {result.origin!r} for check {result.name!r}",
+            dataset=result.dataset,
+            expected=" | ".join(CHECK_ORIGINS),
+            found=result.origin,
+        )
+    _require_aware(created_at=result.created_at)
+    values: dict[str, Any] = {
+        column.name: getattr(result, column.name)
+        for column in CheckResultRow.__table__.columns
+        if column.name != "id"
+    }
+    for column, limit in _CHECK_TEXT_LIMITS.items():
+        text_value = values[column]
+        if text_value is not None and len(text_value) > limit:
+            # PostgreSQL would reject it with an error that reads like an outage.
+            raise LakeforgeError(
+                f"check result {column} is {len(text_value)} characters long, "
+                f"longer than the {limit} the metadata store keeps",
+                dataset=result.dataset,
+                column=column,
+                expected=f"at most {limit} characters",
+                found=text_value[:80] + ("…" if len(text_value) > 80 else ""),
+            )
+    if values["value"] is not None and math.isnan(values["value"]):
+        values["value"] = None
+    # SQL NULL rather than the JSON document "null", so that IS NULL finds it.
+    if values["sample"] is None:
+        values["sample"] = null()
+    return values
 
 
 def _require_aware(**values: datetime) -> None:
