@@ -20,27 +20,46 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would run and why."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Datasets built at once."),
     as_json: bool = typer.Option(False, "--json", help="Print the run result as JSON."),
+    no_gate: bool = typer.Option(
+        False,
+        "--no-gate",
+        help="Emergencies only: evaluate checks but publish even when blocking ones fail "
+        "(recorded in the run).",
+    ),
 ) -> None:
     """Build every stale dataset of the selection, in dependency order."""
     from lakeforge.cli.app import settings
     from lakeforge.execution.executor import Runner
-    from lakeforge.observability.progress import RunProgress, summary_table
+    from lakeforge.observability.progress import RunProgress, check_summary, summary_table
     from lakeforge.project.loader import load_project
 
     opts = settings(ctx)
     project = load_project(opts.project_dir)
     if as_json:
         result = Runner(project).run(
-            selection, full_refresh=full_refresh, dry_run=dry_run, threads=threads
+            selection,
+            full_refresh=full_refresh,
+            dry_run=dry_run,
+            threads=threads,
+            gate=not no_gate,
         )
         print_json(result.to_dict())
     else:
         with RunProgress(err_console) as progress:
             runner = Runner(project, listener=progress)
             result = runner.run(
-                selection, full_refresh=full_refresh, dry_run=dry_run, threads=threads
+                selection,
+                full_refresh=full_refresh,
+                dry_run=dry_run,
+                threads=threads,
+                gate=not no_gate,
             )
         console.print(summary_table(result))
+        if no_gate and not dry_run:
+            err_console.print(
+                "[bold yellow]warning:[/] --no-gate: blocking checks did not stop any publish "
+                "(recorded in the run)"
+            )
         built = sum(t.status == "success" for t in result.tasks)
         fresh = sum(t.status == "up_to_date" for t in result.tasks)
         failed = [t for t in result.tasks if t.status == "failed"]
@@ -49,6 +68,7 @@ def run(
                 f"{built} built, {fresh} up to date, {len(failed)} failed, "
                 f"{sum(t.status == 'upstream_failed' for t in result.tasks)} skipped "
                 f"in {(result.finished_at - result.started_at).total_seconds():.1f}s"
+                + check_summary(result.check_counts())
             )
         for t in failed:
             if t.error is not None:

@@ -18,19 +18,22 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lakeforge.engines.base import TransformContext
-from lakeforge.errors import CommitConflict, DatasetNotFound, LakeforgeError
+from lakeforge.errors import CommitConflict, DatasetNotFound, LakeforgeError, QualityGateFailed
 from lakeforge.execution.locks import DatasetLock
 from lakeforge.execution.planner import Assessment, assess, plan
 from lakeforge.graph.selection import select
 from lakeforge.observability.runlog import RunLog, RunLogRecord
 from lakeforge.project.config import STATE_DIR
+from lakeforge.quality.checks import CheckTarget
+from lakeforge.quality.gate import AuditOutcome, audit, check_dependencies, stage_candidate
 from lakeforge.storage.delta import CommitInfo, DeltaStore
-from lakeforge.storage.write import write_dataset
+from lakeforge.storage.write import write_dataset, write_quarantine
 
 if TYPE_CHECKING:
     from lakeforge.engines.base import Engine
     from lakeforge.metadata.store import MetadataStore
     from lakeforge.project.loader import Project
+    from lakeforge.quality.results import CheckResult
 
 _LOG_STATUS = {"up_to_date": "skipped", "upstream_failed": "skipped"}
 BASE_DELAY = 0.5
@@ -63,6 +66,8 @@ class TaskResult:
     error: LakeforgeError | None = None
     traceback: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    checks: list[CheckResult] = field(default_factory=list)
+    task_id: int | None = None
 
     @property
     def duration(self) -> float:
@@ -86,7 +91,15 @@ class TaskResult:
             "fingerprint": self.fingerprint,
             "error": self.error.to_dict() if self.error else None,
             "metrics": self.metrics,
+            "checks": [c.to_dict() for c in self.checks],
         }
+
+    def check_counts(self) -> dict[str, int]:
+        """This task's check and expectation results by status."""
+        counts: dict[str, int] = {}
+        for c in self.checks:
+            counts[c.status] = counts.get(c.status, 0) + 1
+        return counts
 
 
 @dataclass
@@ -99,16 +112,27 @@ class RunResult:
     finished_at: datetime
     tasks: list[TaskResult]
     dry_run: bool = False
+    gate: bool = True
 
     @property
     def ok(self) -> bool:
         return self.status == "success"
+
+    def check_counts(self) -> dict[str, int]:
+        """All check and expectation results of the run by status."""
+        counts: dict[str, int] = {}
+        for task in self.tasks:
+            for status, n in task.check_counts().items():
+                counts[status] = counts.get(status, 0) + n
+        return counts
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "status": self.status,
             "dry_run": self.dry_run,
+            "gate": self.gate,
+            "checks": self.check_counts(),
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat(),
             "duration_seconds": round((self.finished_at - self.started_at).total_seconds(), 3),
@@ -176,8 +200,13 @@ class Runner:
         full_refresh: bool = False,
         dry_run: bool = False,
         threads: int | None = None,
+        gate: bool = True,
     ) -> RunResult:
-        """Build what is stale in ``selection`` (everything when empty)."""
+        """Build what is stale in ``selection`` (everything when empty).
+
+        ``gate=False`` (``--no-gate``) still evaluates every expectation and check, but no
+        result blocks a publish; the run records that it was not gated.
+        """
         started = datetime.now(UTC)
         run_id = new_run_id()
         names = select(self.graph, selection)
@@ -195,8 +224,9 @@ class Runner:
             selection=sel_text or None,
             full_refresh=full_refresh,
             started_at=started,
+            options={"gate": gate},
         )
-        results = self._execute(run_id, started, names, full_refresh, threads)
+        results = self._execute(run_id, started, names, full_refresh, threads, gate)
         failed = any(r.status in ("failed", "upstream_failed") for r in results.values())
         status = "failed" if failed else "success"
         finished = datetime.now(UTC)
@@ -208,7 +238,7 @@ class Runner:
             error=str(first_error) if first_error else None,
         )
         ordered = [results[n] for n in names]
-        return RunResult(run_id, status, started, finished, ordered)
+        return RunResult(run_id, status, started, finished, ordered, gate=gate)
 
     def _planned(self, a: Assessment, at: datetime) -> TaskResult:
         ds = self.graph[a.dataset]
@@ -230,9 +260,15 @@ class Runner:
         names: list[str],
         full_refresh: bool,
         threads: int | None,
+        gate: bool,
     ) -> dict[str, TaskResult]:
         selected = set(names)
         pending = {n: {u for u in self.graph[n].inputs if u in selected} for n in names}
+        for n in names:
+            # Checks that read another dataset (relationships, check SQL) wait for it when it
+            # builds in this run too — unless it is downstream, which would be a deadlock.
+            after = check_dependencies(self.graph[n].config.checks, n) & selected
+            pending[n] |= after - self.graph.downstream_closure(n)
         results: dict[str, TaskResult] = {}
         workers = threads or self.project.config.threads or 4
         with ThreadPoolExecutor(
@@ -251,7 +287,8 @@ class Runner:
                         results[name] = self._record_skip(run_id, name, failed_up)
                         self._release(name, pending)
                         continue
-                    running[pool.submit(self._task, run_id, started, name, full_refresh)] = name
+                    task = pool.submit(self._task, run_id, started, name, full_refresh, gate)
+                    running[task] = name
                 if not running:
                     continue
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -279,7 +316,7 @@ class Runner:
         return result
 
     def _task(
-        self, run_id: str, run_started: datetime, name: str, full_refresh: bool
+        self, run_id: str, run_started: datetime, name: str, full_refresh: bool, gate: bool
     ) -> TaskResult:
         ds = self.graph[name]
         started = datetime.now(UTC)
@@ -291,10 +328,16 @@ class Runner:
             self.listener.on_task_end(result)
             return result
         with DatasetLock(self.project.root / STATE_DIR, name):
-            return self._locked_task(run_id, run_started, ds, full_refresh, started)
+            return self._locked_task(run_id, run_started, ds, full_refresh, started, gate)
 
     def _locked_task(
-        self, run_id: str, run_started: datetime, ds: Any, full_refresh: bool, started: datetime
+        self,
+        run_id: str,
+        run_started: datetime,
+        ds: Any,
+        full_refresh: bool,
+        started: datetime,
+        gate: bool,
     ) -> TaskResult:
         name = ds.name
         assessment = assess(
@@ -339,7 +382,7 @@ class Runner:
             attempt += 1
             result.attempts = attempt
             try:
-                self._build(run_id, run_started, ds, assessment, full_refresh, result)
+                self._build(run_id, run_started, ds, assessment, full_refresh, result, gate)
                 result.status = "success"
                 break
             except LakeforgeError as exc:
@@ -372,6 +415,19 @@ class Runner:
             error=str(result.error) if result.error else None,
             metrics=result.metrics,
         )
+        if result.checks:
+            self.metadata.record_check_results(
+                [
+                    c.to_record(
+                        run_id=run_id,
+                        task_id=task_id,
+                        dataset=name,
+                        published=result.status == "success",
+                        at=result.finished_at,
+                    )
+                    for c in result.checks
+                ]
+            )
         self._log(run_id, result)
         self.listener.on_task_end(result)
         return result
@@ -384,6 +440,7 @@ class Runner:
         assessment: Assessment,
         full_refresh: bool,
         result: TaskResult,
+        gate: bool,
     ) -> None:
         # Pin every input at task start: the whole task reads one consistent snapshot.
         pinned: dict[str, int] = {}
@@ -411,34 +468,98 @@ class Runner:
         )
         views = [self.graph[v] for v in self.graph.views_needed(ds.name)]
         data = self.engine.transform(ds, inputs, views, context)
-        result.rows_out = data.num_rows
+        target = None if full_refresh else target_version
+        outcome = self._audit(run_id, ds, data, target, result, gate)
+        batch = self.store.committed_batch(ds.name) + 1
         info = CommitInfo(
             run_id=run_id,
             dataset=ds.name,
             fingerprint=assessment.fingerprint,
-            batch=self.store.committed_batch(ds.name) + 1,
+            batch=batch,
             input_versions=pinned,
             external_state=assessment.external_state,
             full_refresh=full_refresh,
         )
+        if outcome.quarantined is not None:
+            # Before the dataset's commit: a published batch never lacks its quarantined rows.
+            result.metrics["quarantine_version"] = write_quarantine(
+                self.store, ds.name, outcome.quarantined, info, datetime.now(UTC)
+            )
         written = write_dataset(
             self.store,
             ds,
-            data,
+            outcome.published,
             info,
             target_version=None if full_refresh else target_version,
             now=run_started,
         )
         result.output_version = written.version
-        result.metrics = {
-            "rows_written": written.rows_written,
-            "inserted": written.inserted,
-            "updated": written.updated,
-            "deleted": written.deleted,
-            "stale_records": written.stale_records,
-            "added_columns": written.added_columns,
-            "rescued_columns": written.rescued_columns,
-        }
+        result.rows_out = outcome.published.num_rows
+        result.metrics.update(
+            {
+                "rows_written": written.rows_written,
+                "inserted": written.inserted,
+                "updated": written.updated,
+                "deleted": written.deleted,
+                "stale_records": written.stale_records,
+                "added_columns": written.added_columns,
+                "rescued_columns": written.rescued_columns,
+            }
+        )
+
+    def _audit(
+        self,
+        run_id: str,
+        ds: Any,
+        data: Any,
+        target_version: int | None,
+        result: TaskResult,
+        gate: bool,
+    ) -> AuditOutcome:
+        """Expectations and checks on the candidate; raises when the gate blocks it."""
+        outcome = audit(
+            ds,
+            data,
+            store=self.store,
+            target_version=target_version,
+            extra_checks=self._contract_checks(ds),
+            history=lambda name, window: self.metadata.metric_history(
+                ds.name, name, limit=window, before_run=run_id
+            ),
+            sample_size=self.project.config.quality.sample_rows,
+        )
+        result.checks = outcome.results
+        result.metrics.update(
+            {
+                "rows_candidate": outcome.rows_in,
+                "rows_published": outcome.published.num_rows,
+                "rows_quarantined": outcome.quarantined_rows,
+                "rows_dropped": outcome.dropped,
+                "checks": outcome.counts(),
+            }
+        )
+        if outcome.read_versions:
+            result.metrics["check_input_versions"] = outcome.read_versions
+        blocking = outcome.blocking
+        if blocking and gate:
+            path = stage_candidate(self.project.root / STATE_DIR, run_id, ds.name, data)
+            result.metrics["candidate"] = str(path.relative_to(self.project.root))
+            shown = "; ".join(f"{r.name}: {r.message}" for r in blocking[:3])
+            more = f" (+{len(blocking) - 3} more)" if len(blocking) > 3 else ""
+            raise QualityGateFailed(
+                f"{ds.name}: {len(blocking)} blocking check(s) failed, nothing published — "
+                f"{shown}{more}",
+                dataset=ds.name,
+                location=ds.location,
+                hint=f"`lakeforge checks show {run_id}` shows the failures with samples; the "
+                f"candidate is kept in {result.metrics['candidate']}",
+            )
+        if blocking:
+            result.metrics["gate_overridden"] = [r.name for r in blocking]
+        return outcome
+
+    def _contract_checks(self, ds: Any) -> list[CheckTarget]:
+        return []
 
     def _log(self, run_id: str, r: TaskResult) -> None:
         self.runlog.write(
@@ -455,7 +576,10 @@ class Runner:
                 rows_extracted=r.rows_in or 0,
                 rows_transformed=r.rows_out or 0,
                 rows_loaded=int(r.metrics.get("rows_written", 0)),
-                rows_rejected=0,
+                rows_rejected=int(r.metrics.get("rows_quarantined", 0))
+                + int(r.metrics.get("rows_dropped", 0)),
+                quality_checks_passed=sum(1 for c in r.checks if c.status == "pass"),
+                quality_checks_failed=sum(1 for c in r.checks if c.status != "pass"),
                 duration_seconds=round(r.duration, 3),
                 error_message=str(r.error) if r.error else "",
                 watermark_before="" if r.version_before is None else f"v{r.version_before}",

@@ -33,7 +33,28 @@ class Graph:
         self.order = self._topological_order()
 
     def _check_references(self) -> None:
+        from lakeforge.quality.gate import check_dependencies
+
         for ds in self.datasets.values():
+            for ref in sorted(check_dependencies(ds.config.checks, ds.name)):
+                if ref in self.datasets:
+                    if self.datasets[ref].is_view:
+                        raise GraphError(
+                            f"a check of {ds.name} reads view {ref!r}; checks read stored tables",
+                            location=ds.location,
+                            dataset=ds.name,
+                            hint="point the check at the table the view reads, or make it a table",
+                        )
+                    continue
+                close = difflib.get_close_matches(ref, self.datasets, n=1)
+                raise GraphError(
+                    f"a check of {ds.name} reads unknown dataset {ref!r}",
+                    location=ds.location,
+                    dataset=ds.name,
+                    hint=f"did you mean {close[0]!r}?"
+                    if close
+                    else "relationships `to:` and check SQL name datasets of the project",
+                )
             for ref in ds.inputs:
                 if ref in self.datasets:
                     continue

@@ -2,8 +2,9 @@
 
 The fingerprint covers the normalized definition (SQL normalized by sqlglot, so whitespace
 and comments do not count; Python function source), the configuration that affects the
-rows written (write strategy, partitioning, schema policy, declared column types), and the
-definitions of the views it reads through. Descriptions, owners, tags and retries do not.
+rows written (write strategy, partitioning, schema policy, declared column types,
+expectations that drop or quarantine rows), and the definitions of the views it reads
+through. Descriptions, owners, tags and retries do not.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ def definition_payload(ds: Dataset) -> dict[str, object]:
     config["column_types"] = {
         name: col.type for name, col in sorted(ds.config.columns.items()) if col.type
     }
+    # Expectations that drop or quarantine rows decide which rows are published; those that
+    # only warn or fail do not change a published table, so editing them rebuilds nothing.
+    row_filters = {
+        name: e.expr
+        for name, e in sorted(ds.config.expect.items())
+        if (e.action or ds.config.on_violation) in ("drop", "quarantine")
+    }
+    if row_filters:  # absent when empty: fingerprints of datasets without them are unchanged
+        config["row_filters"] = row_filters
     return {"language": ds.language, "definition": ds.source_text, "config": config}
 
 

@@ -16,6 +16,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lakeforge.errors import Location
+from lakeforge.quality.spec import (
+    Action,
+    Check,
+    Expectation,
+    expand_check_shorthand,
+    expectations_from,
+)
 
 Layer = Literal["bronze", "silver", "gold"]
 SchemaEvolution = Literal["add_columns", "fail", "rescue"]
@@ -117,6 +124,9 @@ class DatasetConfig(_Strict):
     schema_evolution: SchemaEvolution = "add_columns"
     retries: int = Field(default=0, ge=0, le=20)
     write: WriteStrategy = Field(default_factory=Overwrite)
+    expect: dict[str, Expectation] = Field(default_factory=dict)
+    on_violation: Action = "warn"
+    checks: list[Check] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -144,12 +154,34 @@ class DatasetConfig(_Strict):
         # `write: append` is shorthand for `write: {strategy: append}`.
         return {"strategy": value} if isinstance(value, str) else value
 
+    @field_validator("expect", mode="before")
+    @classmethod
+    def _expectation_shorthand(cls, value: Any) -> Any:
+        return expectations_from(value)
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _check_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list):
+            return value
+        return [check for item in value for check in expand_check_shorthand(item)]
+
     @model_validator(mode="after")
     def _consistent(self) -> DatasetConfig:
         if self.kind == "view" and (self.partition_by or self.cluster_by):
             raise ValueError("a view is not materialized: it takes no partition_by/cluster_by")
         if isinstance(self.write, ReplacePartitions) and not self.partition_by:
             raise ValueError("write strategy replace_partitions needs partition_by")
+        if self.kind == "view" and (self.expect or self.checks):
+            raise ValueError("a view is not materialized: put expect/checks on a table")
+        names = [c.label for c in self.checks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"two checks are named {duplicates[0]!r}; give one of them a distinct `name`"
+            )
         return self
 
 

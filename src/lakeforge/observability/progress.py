@@ -88,6 +88,7 @@ def summary_table(run: RunResult) -> Table:
         ("status", "left"),
         ("reason", "left"),
         ("rows", "right"),
+        ("checks", "left"),
         ("version", "right"),
         ("time", "right"),
     ]:
@@ -110,7 +111,39 @@ def summary_table(run: RunResult) -> Table:
             f"[{style}]{t.status}[/]",
             escape(t.reason),
             rows,
+            task_checks(t),
             version,
             f"{t.duration:.1f}s" if t.status in ("success", "failed") else "",
         )
     return table
+
+
+def task_checks(task: TaskResult) -> str:
+    """``5✓ 1⚠ 1✗`` for a task's expectations and checks, plus rows set aside."""
+    counts = task.check_counts()
+    parts = []
+    for status, mark, style in (
+        ("pass", "✓", "green"),
+        ("warn", "⚠", "yellow"),
+        ("fail", "✗", "red"),
+        ("error", "!", "red"),
+    ):
+        if counts.get(status):
+            parts.append(f"[{style}]{counts[status]}{mark}[/]")
+    held = []
+    if task.metrics.get("rows_quarantined"):
+        held.append(f"{task.metrics['rows_quarantined']:,} quarantined")
+    if task.metrics.get("rows_dropped"):
+        held.append(f"{task.metrics['rows_dropped']:,} dropped")
+    if held:
+        parts.append(f"[dim]({', '.join(held)})[/]")
+    return " ".join(parts)
+
+
+def check_summary(counts: dict[str, int]) -> str:
+    """``; checks: 12 passed, 1 warned, 1 failed`` (empty when the run had no checks)."""
+    if not counts:
+        return ""
+    verbs = (("pass", "passed"), ("warn", "warned"), ("fail", "failed"), ("error", "errored"))
+    words = [f"{counts[s]} {w}" for s, w in verbs if counts.get(s)]
+    return "; checks: " + ", ".join(words)

@@ -26,6 +26,20 @@ class DatasetDefaults(BaseModel):
     schema_evolution: Literal["add_columns", "fail", "rescue"] | None = None
 
 
+class QualityConfig(BaseModel):
+    """Project-wide settings of the quality gate.
+
+    Attributes:
+        sample_rows: failing rows kept per expectation or check (never all failures).
+        on_violation: default action of expectations that set none.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample_rows: int = Field(default=20, ge=0, le=1000)
+    on_violation: Literal["warn", "drop", "quarantine", "fail"] | None = None
+
+
 class ProjectConfig(BaseModel):
     """The contents of ``lakeforge.yml``.
 
@@ -37,6 +51,7 @@ class ProjectConfig(BaseModel):
         engine: the transform engine.
         threads: how many datasets build at once (default: number of CPUs).
         defaults: dataset defaults.
+        quality: quality-gate settings.
         vars: free-form values for pipelines.
     """
 
@@ -49,6 +64,7 @@ class ProjectConfig(BaseModel):
     engine: Literal["duckdb"] = "duckdb"
     threads: int | None = Field(default=None, ge=1, le=256)
     defaults: DatasetDefaults = Field(default_factory=DatasetDefaults)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     vars: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -69,6 +69,8 @@ def load_project(start: Path | str = ".") -> Project:
 def _apply_defaults(ds: Dataset, config: ProjectConfig) -> Dataset:
     defaults = config.defaults.model_dump(exclude_none=True)
     update = {k: v for k, v in defaults.items() if k not in ds.config.model_fields_set and v}
+    if config.quality.on_violation and "on_violation" not in ds.config.model_fields_set:
+        update["on_violation"] = config.quality.on_violation
     if update:
         ds.config = ds.config.model_copy(update=update)
     return ds

@@ -162,6 +162,102 @@ def partition_predicate(data: pa.Table, columns: list[str]) -> str:
     return exp.or_(*terms).sql("postgres")
 
 
+QUARANTINE_SUFFIX = "__quarantine"
+QUARANTINE_COLUMNS = ("_lf_run_id", "_lf_batch", "_lf_quarantined_at")
+
+
+def quarantine_table(dataset: str) -> str:
+    """The table holding ``dataset``'s quarantined rows."""
+    return dataset + QUARANTINE_SUFFIX
+
+
+def write_quarantine(
+    store: DeltaStore, dataset: str, rows: pa.Table, info: CommitInfo, at: datetime
+) -> int:
+    """Commit quarantined rows (original columns + failed expectation names) in one commit.
+
+    Written before the dataset's own commit, as an overwrite of exactly this batch's rows:
+    an attempt that crashed between the two commits is replaced, never duplicated, when
+    the batch is built again; and a batch whose rows were quarantined is never committed
+    without them.
+    """
+    import pyarrow as pa
+
+    name = quarantine_table(dataset)
+    data = normalize_for_delta(rows, name)
+    n = data.num_rows
+    data = (
+        data.append_column("_lf_run_id", pa.array([info.run_id] * n, pa.string()))
+        .append_column("_lf_batch", pa.array([info.batch] * n, pa.int64()))
+        .append_column("_lf_quarantined_at", pa.array([at] * n, pa.timestamp("us", tz="UTC")))
+    )
+    qinfo = CommitInfo(
+        run_id=info.run_id,
+        dataset=name,
+        fingerprint=info.fingerprint,
+        batch=info.batch,
+        input_versions=info.input_versions,
+    )
+    if not store.exists(name):
+        return store.write(name, data, qinfo, mode="overwrite")
+    return store.write(
+        name,
+        data,
+        qinfo,
+        mode="overwrite",
+        schema_mode="merge",
+        predicate=f"_lf_batch = {int(info.batch)}",
+    )
+
+
+def table_after_write_sql(ds: Dataset, batch: str, current: str | None) -> str:
+    """A DuckDB query for the table as it will be once ``batch`` is written to ``current``.
+
+    Used to check ``scope: table`` rules before the commit. ``current`` is None when the
+    write replaces the table from scratch. Follows each strategy's semantics: append adds,
+    replace_partitions swaps the batch's partitions, merge applies the newest record per
+    key unless the table holds a newer one (``sequence_by``) and honours ``delete_when``.
+    """
+    strategy = ds.config.write
+    if current is None or strategy.strategy == "overwrite":
+        return f"SELECT * FROM {batch}"
+    if strategy.strategy == "append":
+        return f"SELECT * FROM {current} UNION ALL BY NAME SELECT * FROM {batch}"
+    if isinstance(strategy, ReplacePartitions):
+        same = " AND ".join(
+            f"c.{q(col)} IS NOT DISTINCT FROM b.{q(col)}" for col in ds.config.partition_by
+        )
+        return (
+            f"SELECT * FROM {current} AS c WHERE NOT EXISTS (SELECT 1 FROM {batch} AS b "
+            f"WHERE {same}) UNION ALL BY NAME SELECT * FROM {batch}"
+        )
+    if isinstance(strategy, Merge):
+        keys = ", ".join(q(k) for k in strategy.keys)
+        match = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in strategy.keys)
+        order = f"ORDER BY {q(strategy.sequence_by)} DESC" if strategy.sequence_by else ""
+        newest = (
+            f"SELECT * FROM {batch} QUALIFY row_number() OVER (PARTITION BY {keys} {order}) = 1"
+        )
+        wins = "TRUE"
+        if strategy.sequence_by:
+            seq = q(strategy.sequence_by)
+            wins = f"(t.{seq} IS NULL OR s.{seq} >= t.{seq})"
+        delete = (
+            f"coalesce(({_delete_expression(ds, strategy.delete_when)}), false)"
+            if strategy.delete_when
+            else "false"
+        )
+        return (
+            f"WITH s AS (SELECT *, {delete} AS {_DELETE_FLAG} FROM ({newest})), "
+            f"applied AS (SELECT s.* FROM s LEFT JOIN {current} AS t ON {match} "
+            f"WHERE t.{q(strategy.keys[0])} IS NULL OR {wins}) "
+            f"SELECT t.* FROM {current} AS t ANTI JOIN applied AS s ON {match} "
+            f"UNION ALL BY NAME SELECT * EXCLUDE ({_DELETE_FLAG}) FROM applied "
+            f"WHERE NOT {_DELETE_FLAG}"
+        )
+    raise ConfigError(f"{ds.name}: no table projection for write strategy {strategy.strategy}")
+
+
 def _duckdb(data: pa.Table) -> duckdb.DuckDBPyConnection:
     import duckdb
 
