@@ -34,6 +34,13 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 
     listing = {d["name"]: d for d in json.loads(cli("ls", "--json", cwd=shop).stdout)}
     versions = {n: d["version"] for n, d in listing.items()}
+    # Quality: the zero-quantity lines were set aside, every row accounted for.
+    lines = {t["dataset"]: t for t in first["tasks"]}["order_lines"]["metrics"]
+    assert lines["rows_quarantined"] == listing["order_lines__quarantine"]["rows"] > 0
+    assert lines["rows_candidate"] == lines["rows_published"] + lines["rows_quarantined"]
+    assert first["checks"]["pass"] > 10 and "fail" not in first["checks"]
+    latest = json.loads(cli("checks", "--json", cwd=shop).stdout)
+    assert {r["dataset"] for r in latest} >= {"orders", "customers", "order_lines"}
 
     second = json.loads(cli("run", "--json", cwd=shop).stdout)
     assert {t["status"] for t in second["tasks"]} == {"up_to_date"}

@@ -25,6 +25,17 @@ def _open(ctx: typer.Context) -> tuple[Project, DeltaStore]:
     return project, DeltaStore(project.storage_root, project.config.storage_options)
 
 
+def _lookup(project: Project, name: str) -> Dataset | None:
+    """The dataset called ``name``; None for the quarantine table of a dataset (stored, but
+    not part of the graph). Unknown names fail with a did-you-mean hint."""
+    from lakeforge.storage.write import QUARANTINE_SUFFIX
+
+    base = name.removesuffix(QUARANTINE_SUFFIX)
+    if name not in project.graph and base != name and base in project.graph:
+        return None
+    return project.graph[name]
+
+
 def ls(
     ctx: typer.Context,
     selection: list[str] | None = typer.Argument(None, help="Restrict to a selection."),
@@ -35,6 +46,7 @@ def ls(
 
     from lakeforge.execution.planner import plan
     from lakeforge.graph.selection import select
+    from lakeforge.storage.write import quarantine_table
 
     project, store = _open(ctx)
     names = select(project.graph, selection)
@@ -61,6 +73,25 @@ def ls(
         if state is not None:
             row["rows"] = store.open(name).count()
         rows.append(row)
+        quarantine = quarantine_table(name)
+        if not ds.is_view and store.exists(quarantine):
+            held = store.open(quarantine)
+            rows.append(
+                {
+                    "name": quarantine,
+                    "layer": ds.layer,
+                    "kind": "quarantine",
+                    "language": None,
+                    "write": "quarantine",
+                    "owner": ds.config.owner,
+                    "tags": ds.config.tags,
+                    "version": held.version(),
+                    "rows": held.count(),
+                    "status": f"rows set aside by {name}'s expectations",
+                    "reason": None,
+                    "location": str(ds.location),
+                }
+            )
     if as_json:
         print_json(rows)
         return
@@ -99,7 +130,7 @@ def show(
     from lakeforge.engines.duckdb import DuckDBEngine
 
     project, store = _open(ctx)
-    ds = project.graph[dataset]
+    ds = _lookup(project, dataset)
     if version is not None and as_of is not None:
         raise ConfigError("give either --version or --as-of, not both")
     pin: int | datetime | None = version
@@ -109,7 +140,7 @@ def show(
     query = exp.select("*").from_(exp.to_identifier(dataset, quoted=True))
     if where:
         query = query.where(where, dialect="duckdb")
-    if ds.is_view:
+    if ds is not None and ds.is_view:
         if pin is not None:
             raise ConfigError(f"{dataset} is a view: time travel applies to tables")
         tables = {n: store.read(n) for n in project.graph.materialized_inputs(dataset)}
@@ -168,7 +199,7 @@ def history(
             )
         console.print(table)
         return
-    project.graph[dataset]
+    _lookup(project, dataset)
     entries = store.history(dataset, limit)
     rows: list[dict[str, Any]] = []
     for e in entries:
@@ -228,6 +259,9 @@ def sql(
     wanted = [r for r in refs if r in graph]
     tables: dict[str, Any] = {}
     views: list[Dataset] = []
+    for name in refs:
+        if name not in graph and store.exists(name) and _lookup(project, name) is None:
+            tables[name] = store.read(name)  # a quarantine table
     for name in wanted:
         for base in [name] if not graph[name].is_view else graph.materialized_inputs(name):
             if base not in tables:

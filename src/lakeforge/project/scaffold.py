@@ -87,6 +87,7 @@ _ORDER_LATE_UPDATES = 0.03
 _ORDER_DUPLICATES = 0.01
 _ORDER_NULL_COUPONS = 0.75
 _LINE_DUPLICATES = 0.005
+_ZERO_QUANTITY_LINES = 0.001
 _DIRTY_CATEGORIES = 0.05
 
 
@@ -503,6 +504,8 @@ def _write_order_lines(folder: Path, orders: _Orders, prices: np.ndarray, n: int
     quantity = rng.choice([1, 2, 3, 4, 5, 6], n, p=[0.6, 0.25, 0.1, 0.03, 0.015, 0.005])
     discount = np.where(rng.random(n) < 0.1, 0.9, 1.0)
     unit_price = np.round(prices[product] * discount, 2)
+    # Lines keyed in with quantity 0 (removed from the basket, sent anyway).
+    quantity = np.where(rng.random(n) < _ZERO_QUANTITY_LINES, 0, quantity)
 
     dup = rng.choice(n, round(n * _LINE_DUPLICATES), replace=False)
     row = np.concatenate([np.arange(n), dup])

@@ -16,6 +16,15 @@ import lakeforge as lf
         "unit_price": {"type": "DECIMAL(10,2)", "description": "Price paid per unit"},
         "line_amount": {"type": "DECIMAL(12,2)", "description": "quantity × unit_price"},
     },
+    # A line that sold nothing or at a negative price is set aside in order_lines__quarantine
+    # (with the rule it broke) instead of reaching revenue.
+    expect={"positive_quantity": "quantity > 0", "price_not_negative": "unit_price >= 0"},
+    on_violation="quarantine",
+    checks=[
+        {"not_null": ["order_id", "line_no", "product_id"]},
+        {"type": "relationships", "column": "order_id", "to": "orders"},
+        {"type": "relationships", "column": "product_id", "to": "products"},
+    ],
 )
 def order_lines(raw_order_lines):
     """raw_order_lines arrives as a DuckDB relation over the bronze table."""

@@ -19,6 +19,12 @@ columns:
   country: {type: VARCHAR, description: ISO 3166 alpha-2 code in upper case}
   signup_date: {type: DATE}
   updated_at: {type: TIMESTAMP, description: When the source last changed the customer (UTC)}
+checks:
+  - not_null: [customer_id, country]
+  # Some customers never gave an email: tolerated up to 5%, an error above 10%.
+  - {type: not_null, column: email, warn_if: "> 5%", error_if: "> 10%"}
+  - {type: regex, column: email, pattern: '[^@ ]+@[^@ ]+\.[a-z]{2,}'}
+  - {type: regex, column: country, pattern: '[A-Z]{2}'}
 */
 SELECT DISTINCT
     CAST(customer_id AS BIGINT) AS customer_id,

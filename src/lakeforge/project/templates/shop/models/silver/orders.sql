@@ -15,6 +15,14 @@ columns:
   shipping_method: {type: VARCHAR}
   shipping_fee: {type: "DECIMAL(8,2)"}
   updated_at: {type: TIMESTAMP, description: Version of the record (UTC); the newest wins}
+# Checked before every commit: an error-severity failure publishes nothing.
+checks:
+  - not_null: [order_id, customer_id, order_ts, updated_at]
+  - {type: accepted_values, column: status, values: [placed, shipped, delivered, cancelled]}
+  - {type: accepted_values, column: channel, values: [web, app, store]}
+  - {type: range, column: shipping_fee, min: 0, max: 50}
+  - {type: relationships, column: customer_id, to: customers}
+  - {type: anomaly, metric: volume}
 */
 SELECT DISTINCT
     CAST(order_id AS BIGINT) AS order_id,
