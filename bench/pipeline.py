@@ -3,7 +3,9 @@
 Lakeforge: ``Runner.run(full_refresh=True)`` on a scaffolded project. Baseline: the same SQL
 run by hand — for each model in dependency order, DuckDB runs its query over the tables
 written before (``DeltaTable(...).to_pyarrow_dataset()`` registered by name) and
-``write_deltalake`` writes the result.
+``write_deltalake`` writes the result. The quality work the demo declares is done by hand
+too: one aggregate query per checked dataset computing the same counts (``CHECK_SQL``), and
+order_lines' expectations splitting its rows into the table and its quarantine table.
 """
 
 from __future__ import annotations
@@ -40,6 +42,42 @@ SELECT DISTINCT
         AS line_amount
 FROM raw_order_lines
 """
+
+
+# The demo's declared checks, hand-written: one aggregate statement per dataset over the
+# candidate ``t`` (the same counts Lakeforge computes before each commit).
+CHECK_SQL = {
+    "customers": """
+        SELECT count(*) FILTER (WHERE customer_id IS NULL), count(*) FILTER (WHERE country IS NULL),
+            count(*) FILTER (WHERE email IS NULL),
+            count(*) FILTER (WHERE NOT regexp_full_match(email, '[^@ ]+@[^@ ]+\\.[a-z]{2,}')),
+            count(*) FILTER (WHERE NOT regexp_full_match(country, '[A-Z]{2}')), count(*)
+        FROM t""",
+    "orders": """
+        SELECT count(*) FILTER (WHERE order_id IS NULL),
+            count(*) FILTER (WHERE customer_id IS NULL), count(*) FILTER (WHERE order_ts IS NULL),
+            count(*) FILTER (WHERE updated_at IS NULL),
+            count(*) FILTER (WHERE status NOT IN ('placed', 'shipped', 'delivered', 'cancelled')),
+            count(*) FILTER (WHERE channel NOT IN ('web', 'app', 'store')),
+            count(*) FILTER (WHERE shipping_fee < 0 OR shipping_fee > 50),
+            (SELECT count(*) FROM t ANTI JOIN customers c ON t.customer_id = c.customer_id
+             WHERE t.customer_id IS NOT NULL), count(*)
+        FROM t""",
+    "order_lines": """
+        SELECT count(*) FILTER (WHERE order_id IS NULL), count(*) FILTER (WHERE line_no IS NULL),
+            count(*) FILTER (WHERE product_id IS NULL),
+            (SELECT count(*) FROM t ANTI JOIN orders o ON t.order_id = o.order_id
+             WHERE t.order_id IS NOT NULL),
+            (SELECT count(*) FROM t ANTI JOIN products p ON t.product_id = p.product_id
+             WHERE t.product_id IS NOT NULL)
+        FROM t""",
+}
+CHECK_INPUTS = {"orders": ["customers"], "order_lines": ["orders", "products"]}
+# order_lines' expectations (both quarantine): a violation is a FALSE, not a NULL.
+ORDER_LINES_VIOLATIONS = (
+    "coalesce(NOT (quantity > 0), false)",
+    "coalesce(NOT (unit_price >= 0), false)",
+)
 
 
 def baseline_queries(project: Any) -> dict[str, tuple[str, list[str]]]:
@@ -80,9 +118,21 @@ def baseline_pipeline(root: Path, out: Path, queries: dict[str, tuple[str, list[
 
     for name, (sql, inputs) in queries.items():
         con = duckdb.connect(config={"file_search_path": str(root)})
-        for upstream in inputs:
+        for upstream in {*inputs, *CHECK_INPUTS.get(name, [])}:
             con.register(upstream, DeltaTable(str(out / upstream)).to_pyarrow_dataset())
         data = con.sql(sql).to_arrow_table()
+        con.register("t", data)
+        if name in CHECK_SQL:
+            con.sql(CHECK_SQL[name]).fetchall()
+        if name == "order_lines":
+            a, b = ORDER_LINES_VIOLATIONS
+            held = con.sql(
+                f"SELECT *, list_filter([CASE WHEN {a} THEN 'positive_quantity' END, "
+                f"CASE WHEN {b} THEN 'price_not_negative' END], lambda x: x IS NOT NULL) "
+                f"AS _lf_failed_expectations FROM t WHERE {a} OR {b}"
+            ).to_arrow_table()
+            write_deltalake(str(out / "order_lines__quarantine"), held, mode="overwrite")
+            data = con.sql(f"SELECT * FROM t WHERE NOT ({a} OR {b})").to_arrow_table()
         con.close()
         write_deltalake(str(out / name), data, mode="overwrite", schema_mode="overwrite")
 

@@ -293,15 +293,6 @@ def test_table_scope_follows_merge_semantics(store: DeltaStore) -> None:
     assert result.value == 2 and result.status == "pass"
 
 
-def test_table_scope_is_refused_for_scd2(store: DeltaStore) -> None:
-    ds = dataset(
-        write={"strategy": "scd2", "keys": ["order_id"]},
-        checks=[{"type": "row_count", "min": 1, "scope": "table"}],
-    )
-    with pytest.raises(ConfigError, match="scd2"):
-        audit(ds, orders(), store=store, target_version=None)
-
-
 def test_relationships_to_a_dataset_without_a_table_is_an_error(store: DeltaStore) -> None:
     checks = [{"type": "relationships", "column": "customer_id", "to": "ghosts", "field": "id"}]
     (result,) = run_checks(store, checks).results
@@ -365,7 +356,56 @@ def test_check_declarations_are_validated() -> None:
         DatasetConfig.model_validate({"checks": [{"type": "range", "column": "a"}]})
     with pytest.raises(ValueError, match="two checks are named"):
         DatasetConfig.model_validate({"checks": [{"not_null": "a"}, {"not_null": "a"}]})
-    with pytest.raises(ValueError, match="not a valid regular expression"):
+    with pytest.raises(ValueError, match="not a valid RE2 regular expression"):
         DatasetConfig.model_validate({"checks": [{"type": "regex", "column": "a", "pattern": "("}]})
     with pytest.raises(ValueError, match="needs a column"):
         DatasetConfig.model_validate({"checks": [{"type": "anomaly", "metric": "mean"}]})
+
+
+def test_freshness_honours_severity_and_where(store: DeltaStore) -> None:
+    checks = [
+        {
+            "name": "soft",
+            "type": "freshness",
+            "column": "ts",
+            "error_after": "30m",
+            "severity": "warn",
+        },
+        {
+            "name": "recent_b",
+            "type": "freshness",
+            "column": "ts",
+            "error_after": "2h",
+            "where": "store = 'b'",
+        },
+    ]
+    r = by_name(run_checks(store, checks))
+    assert r["soft"].status == "warn" and not r["soft"].blocking
+    assert r["recent_b"].value == 3 * 3600 and r["recent_b"].status == "fail"
+
+
+def test_row_count_bounds_are_shown_even_when_zero(store: DeltaStore) -> None:
+    (result,) = run_checks(store, [{"type": "row_count", "min": 0, "max": 0}]).results
+    assert result.threshold == "rows in [0, 0]" and result.status == "fail"
+
+
+def test_declarations_refused_at_load() -> None:
+    with pytest.raises(ValueError, match="RE2"):
+        DatasetConfig.model_validate(
+            {"checks": [{"type": "regex", "column": "a", "pattern": "(?=x)x"}]}
+        )
+    with pytest.raises(ValueError, match="row count"):
+        DatasetConfig.model_validate(
+            {"checks": [{"type": "custom_sql", "sql": "SELECT 1", "error_if": "> 5%"}]}
+        )
+    with pytest.raises(ValueError, match="does not apply"):
+        DatasetConfig.model_validate(
+            {"checks": [{"type": "schema", "columns": ["a"], "where": "a > 1"}]}
+        )
+    with pytest.raises(ValueError, match="scd2"):
+        DatasetConfig.model_validate(
+            {
+                "write": {"strategy": "scd2", "keys": ["id"]},
+                "checks": [{"type": "row_count", "min": 1, "scope": "table"}],
+            }
+        )

@@ -211,3 +211,55 @@ def test_quarantine_rewrite_of_the_same_batch_replaces_it(tmp_path: Path) -> Non
     )
     rows = store.read(quarantine_table("orders")).to_table().to_pylist()
     assert sorted((r["_lf_batch"], r["id"]) for r in rows) == [(3, 2), (4, 7)]
+
+
+def test_checks_reading_each_other_do_not_deadlock(tmp_path: Path) -> None:
+    write(tmp_path, "lakeforge.yml", "name: loop\nthreads: 2\n")
+    for me, other in (("a", "b"), ("b", "a")):
+        write(
+            tmp_path,
+            f"models/{me}.sql",
+            f"""
+            /* lakeforge
+            checks:
+              - {{type: relationships, column: id, to: {other}, severity: warn}}
+            */
+            SELECT 1 AS id
+            """,
+        )
+    result = Runner(load_project(tmp_path)).run()
+    assert result.ok and {t.status for t in result.tasks} == {"success"}
+
+
+def test_a_failed_attempt_leaves_no_quarantined_rows_behind(project: Path) -> None:
+    assert Runner(load_project(project)).run().ok
+    store = store_of(project)
+    # Batch 2: one row quarantined, then the merge refuses the duplicate key 7.
+    orders_csv(
+        project, [(8, 1, -1.0, "new", "q@x.io"), (7, 1, 1.0, "new", "a"), (7, 2, 2.0, "paid", "b")]
+    )
+    failed = Runner(load_project(project)).run("orders")
+    assert not failed.ok and "duplicate keys" in str(failed.tasks[0].error)
+    held = store.read(quarantine_table("orders")).to_table().to_pylist()
+    assert sorted(r["order_id"] for r in held) == [2, 8]  # batch 1's row and the failed attempt's
+    # Batch 2 again, fixed and clean: the failed attempt's quarantined row goes away.
+    orders_csv(project, [(7, 1, 1.0, "new", "a")])
+    assert Runner(load_project(project)).run("orders").ok
+    held = store.read(quarantine_table("orders")).to_table().to_pylist()
+    assert [r["order_id"] for r in held] == [2]
+
+
+def test_checks_status_filter_applies_to_the_latest_result(project: Path) -> None:
+    orders_csv(project, [(1, 1, -1.0, "new", "a@x.io")])
+    first = Runner(load_project(project)).run()
+    assert first.ok
+    orders_csv(project, [(1, 1, 5.0, "new", "a@x.io")])
+    assert Runner(load_project(project)).run().ok
+    runner = CliRunner()
+    warned = runner.invoke(app, ["-C", str(project), "checks", "--status", "warn", "--json"])
+    assert "positive_amount" not in [r["name"] for r in json.loads(warned.output)]
+    bogus = runner.invoke(app, ["-C", str(project), "checks", "--status", "bad"])
+    assert bogus.exit_code == 1 and "unknown status" in bogus.output
+    prefix = runner.invoke(app, ["-C", str(project), "checks", "show", first.run_id[:17], "--json"])
+    assert prefix.exit_code == 0 and json.loads(prefix.output)["run_id"] == first.run_id
+    assert json.loads(prefix.output)["results"] > 0

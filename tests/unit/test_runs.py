@@ -257,3 +257,28 @@ def test_concurrent_runs_build_a_dataset_once(project_dir: Path) -> None:
     store = DeltaStore(str(project_dir / "lakehouse"))
     assert store.open("log").to_pyarrow_table().num_rows == 4
     assert store.committed_batch("log") == 1
+
+
+def test_editing_decorator_docs_or_checks_does_not_rebuild(tmp_path: Path) -> None:
+    write(tmp_path, "lakeforge.yml", "name: fp\n")
+    body = """
+    import lakeforge as lf
+
+    @lf.table(description="{desc}", checks=[{{"type": "row_count", "min": {n}}}])
+    def t():
+        return lf_rows()
+
+    def lf_rows():
+        import pyarrow as pa
+        return pa.table({{"x": [1, 2]}})
+    """
+    write(tmp_path, "pipelines/p.py", body.format(desc="first", n=1))
+    assert runner(tmp_path).run().ok
+    write(tmp_path, "pipelines/p.py", body.format(desc="second", n=2))
+    assert [a.stale for a in runner(tmp_path).plan()] == [False]
+    write(
+        tmp_path,
+        "pipelines/p.py",
+        body.format(desc="x", n=1).replace("return lf_rows()", "return lf_rows().slice(1)"),
+    )
+    assert [a.reason for a in runner(tmp_path).plan()] == ["code changed"]

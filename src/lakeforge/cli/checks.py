@@ -37,6 +37,7 @@ def checks(
     """Quality results: the latest result of every check, its history, or a run's failures."""
     from lakeforge.cli.app import settings
     from lakeforge.errors import ConfigError
+    from lakeforge.metadata.models import CHECK_STATUSES
     from lakeforge.metadata.store import MetadataStore
     from lakeforge.project.loader import load_project
 
@@ -58,14 +59,21 @@ def checks(
         dataset = args[0] if args else None
         if dataset is not None:
             project.graph[dataset]  # an unknown name fails with a did-you-mean hint
+        for value in status or []:
+            if value not in CHECK_STATUSES:
+                raise ConfigError(
+                    f"unknown status {value!r}", hint="use " + ", ".join(CHECK_STATUSES)
+                )
         results = store.list_check_results(
             dataset=dataset,
             name=name,
-            status=status or None,
+            status=(status or None) if history else None,
             limit=limit if history else _FETCH,
         )
     if not history:
-        results = _latest(results)
+        # Latest result of each check first, then the status filter: a check that failed
+        # once and passes now is not listed as failing.
+        results = [r for r in _latest(results) if not status or r.status in status]
     if as_json:
         print_json([_record_dict(r) for r in results])
         return
@@ -115,7 +123,8 @@ def _results_table(results: list[CheckResultRecord], *, history: bool) -> Table:
 
 
 def _show_run(store: Any, run_id: str, as_json: bool) -> None:
-    run = store.get_run(run_id)  # raises a clear error for an unknown run
+    run = store.get_run(run_id)  # a unique prefix is enough; an unknown run is a clear error
+    run_id = run.id
     results = store.list_check_results(run_id=run_id)
     failures = [r for r in results if r.status != "pass"]
     candidates = {

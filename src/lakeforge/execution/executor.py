@@ -27,7 +27,7 @@ from lakeforge.project.config import STATE_DIR
 from lakeforge.quality.checks import CheckTarget
 from lakeforge.quality.gate import AuditOutcome, audit, check_dependencies, stage_candidate
 from lakeforge.storage.delta import CommitInfo, DeltaStore
-from lakeforge.storage.write import write_dataset, write_quarantine
+from lakeforge.storage.write import clear_quarantine_batch, write_dataset, write_quarantine
 
 if TYPE_CHECKING:
     from lakeforge.engines.base import Engine
@@ -266,9 +266,11 @@ class Runner:
         pending = {n: {u for u in self.graph[n].inputs if u in selected} for n in names}
         for n in names:
             # Checks that read another dataset (relationships, check SQL) wait for it when it
-            # builds in this run too — unless it is downstream, which would be a deadlock.
-            after = check_dependencies(self.graph[n].config.checks, n) & selected
-            pending[n] |= after - self.graph.downstream_closure(n)
+            # builds in this run too — unless it waits (through inputs or other checks) for
+            # this one: then the check reads its last published version instead of deadlocking.
+            for dep in sorted(check_dependencies(self.graph[n].config.checks, n) & selected):
+                if not _waits_for(pending, dep, n):
+                    pending[n].add(dep)
         results: dict[str, TaskResult] = {}
         workers = threads or self.project.config.threads or 4
         with ThreadPoolExecutor(
@@ -485,6 +487,11 @@ class Runner:
             result.metrics["quarantine_version"] = write_quarantine(
                 self.store, ds.name, outcome.quarantined, info, datetime.now(UTC)
             )
+        elif ds.config.expect:
+            # An earlier attempt of this batch may have quarantined rows and then failed.
+            cleared = clear_quarantine_batch(self.store, ds.name, info)
+            if cleared is not None:
+                result.metrics["quarantine_version"] = cleared
         written = write_dataset(
             self.store,
             ds,
@@ -590,6 +597,19 @@ class Runner:
                 attempts=r.attempts,
             )
         )
+
+
+def _waits_for(pending: dict[str, set[str]], start: str, target: str) -> bool:
+    """Whether ``start`` (transitively) waits for ``target`` in ``pending``."""
+    stack, seen = [start], set()
+    while stack:
+        cur = stack.pop()
+        if cur == target:
+            return True
+        if cur not in seen:
+            seen.add(cur)
+            stack.extend(pending.get(cur, ()))
+    return False
 
 
 def allowed_retries(exc: LakeforgeError, configured: int) -> int:

@@ -26,7 +26,7 @@ def _declare(function: Callable[..., Any], kind: str, options: dict[str, Any]) -
     file = inspect.getsourcefile(function) or "<unknown>"
     try:
         lines, first_line = inspect.getsourcelines(function)
-        source = textwrap.dedent("".join(lines))
+        source = _without_decorators(textwrap.dedent("".join(lines)))
     except (OSError, TypeError):
         first_line, source = 0, getattr(function, "__qualname__", "")
     location = Location(_display_path(file), first_line or None)
@@ -67,6 +67,21 @@ def _declare(function: Callable[..., Any], kind: str, options: dict[str, Any]) -
         source_text=source,
         takes_context=takes_context,
     )
+
+
+def _without_decorators(source: str) -> str:
+    """The function from its ``def`` line on: the decorator's options are fingerprinted
+    through the configuration (only those that shape the data), not as source text."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            return "".join(source.splitlines(keepends=True)[node.lineno - 1 :])
+    return source
 
 
 def _display_path(file: str) -> str:

@@ -176,6 +176,11 @@ class DatasetConfig(_Strict):
             raise ValueError("write strategy replace_partitions needs partition_by")
         if self.kind == "view" and (self.expect or self.checks):
             raise ValueError("a view is not materialized: put expect/checks on a table")
+        if isinstance(self.write, SCD2) and any(c.scope == "table" for c in self.checks):
+            raise ValueError(
+                "checks with scope: table are not available for scd2 writes; check the batch "
+                "(the default) or a view of the current rows downstream"
+            )
         names = [c.label for c in self.checks]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

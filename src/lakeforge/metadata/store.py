@@ -666,7 +666,7 @@ def _unavailable(shown_url: str, exc: DBAPIError) -> LakeforgeError:
 def _no_run(run_id: str) -> LakeforgeError:
     return LakeforgeError(
         f"no run {run_id!r} in the metadata store",
-        hint="list runs with `lakeforge runs`; a unique prefix of a run id is enough",
+        hint="list runs with `lakeforge history`; a unique prefix of a run id is enough",
     )
 
 

@@ -131,6 +131,8 @@ def task_checks(task: TaskResult) -> str:
         if counts.get(status):
             parts.append(f"[{style}]{counts[status]}{mark}[/]")
     held = []
+    if task.status != "success":
+        return " ".join(parts)  # nothing was written: no rows were set aside either
     if task.metrics.get("rows_quarantined"):
         held.append(f"{task.metrics['rows_quarantined']:,} quarantined")
     if task.metrics.get("rows_dropped"):

@@ -157,6 +157,7 @@ def _fragment(ds: Dataset, check: _Check, text: str) -> str:
             f"check {check.label!r}: SQL does not parse: {detail}",
             location=ds.location,
             dataset=ds.name,
+            expected="a SQL expression" if text == check.where else "a SQL query",
             found=text,
         ) from None
 
@@ -217,7 +218,8 @@ def _compile(env: CheckEnvironment, rel: str, i: int, target: CheckTarget, p: _P
     elif isinstance(check, RowCount):
         return _Compiled(target, {f"t{i}": total})
     elif isinstance(check, Freshness):
-        return _Compiled(target, {f"t{i}": total, f"v{i}": f"max({ident(check.column)})"})
+        newest = f"max({ident(check.column)})" + (f" FILTER (WHERE {where})" if check.where else "")
+        return _Compiled(target, {f"t{i}": total, f"v{i}": newest})
     elif isinstance(check, Anomaly):
         outputs = {f"t{i}": total}
         if check.metric != "volume":
@@ -290,7 +292,9 @@ def _judge(
         outside = (check.min is not None and total < check.min) or (
             check.max is not None and total > check.max
         )
-        bounds = f"[{check.min if check.min is not None else ''}, {check.max or ''}]"
+        low = "" if check.min is None else check.min
+        high = "" if check.max is None else check.max
+        bounds = f"[{low}, {high}]"
         status = _decide(check, int(outside), 1)
         return _result(
             c.target,
@@ -332,7 +336,7 @@ def _freshness(env: CheckEnvironment, target: CheckTarget, newest: Any, total: i
     if newest is None:
         return _result(
             target,
-            "fail" if check.error_after is not None else "warn",
+            "fail" if check.error_after is not None and check.severity == "error" else "warn",
             total=total,
             threshold=limits,
             message=f"no {check.column} value to measure freshness by ({total} row(s))",
@@ -346,7 +350,7 @@ def _freshness(env: CheckEnvironment, target: CheckTarget, newest: Any, total: i
     age = (env.now - stamp).total_seconds()
     status = "pass"
     if check.error_after is not None and age > parse_duration(check.error_after):
-        status = "fail"
+        status = "fail" if check.severity == "error" else "warn"
     elif check.warn_after is not None and age > parse_duration(check.warn_after):
         status = "warn"
     return _result(

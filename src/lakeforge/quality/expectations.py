@@ -58,6 +58,7 @@ def parse_expression(ds: Dataset, name: str, expr: str) -> str:
             f"expectation {name!r} does not parse: {detail}",
             location=ds.location,
             dataset=ds.name,
+            expected="a SQL boolean expression",
             found=expr,
         ) from None
     if isinstance(tree, exp.Query):
@@ -65,6 +66,7 @@ def parse_expression(ds: Dataset, name: str, expr: str) -> str:
             f"expectation {name!r} must be a boolean expression over one row, not a query",
             location=ds.location,
             dataset=ds.name,
+            expected="a SQL boolean expression",
             found=expr,
             hint="use a dataset check (custom_sql) for rules that need other rows",
         )

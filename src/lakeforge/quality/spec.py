@@ -203,10 +203,17 @@ class Regex(_Check):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
+        # Checked by the engine that evaluates it (RE2 syntax: no look-around, no
+        # back-references), so a pattern Python accepts but RE2 rejects fails at load time.
+        import duckdb
+
         try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from exc
+            duckdb.connect().execute("SELECT regexp_full_match('', ?)", [value]).fetchall()
+        except duckdb.Error as exc:
+            detail = str(exc).splitlines()[0]
+            raise ValueError(
+                f"pattern {value!r} is not a valid RE2 regular expression: {detail}"
+            ) from None
         return value
 
     def default_name(self) -> str:
@@ -279,6 +286,12 @@ class SchemaCheck(_Check):
     columns: dict[str, str | None] = Field(min_length=1)
     allow_extra: bool = True
 
+    @model_validator(mode="after")
+    def _no_where(self) -> SchemaCheck:
+        if self.where:
+            raise ValueError("`where` does not apply to a schema check")
+        return self
+
     @field_validator("columns", mode="before")
     @classmethod
     def _list_form(cls, value: Any) -> Any:
@@ -294,6 +307,18 @@ class CustomSQL(_Check):
     type: Literal["custom_sql"] = "custom_sql"
     sql: str = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _absolute(self) -> CustomSQL:
+        if self.where:
+            raise ValueError("`where` does not apply to custom_sql: filter in the query")
+        for threshold in (self.warn_if, self.error_if):
+            if threshold is not None and Threshold.parse(threshold).percent:
+                raise ValueError(
+                    "a custom_sql threshold is a row count: the query returns only the "
+                    "offending rows, so there is no total to take a percentage of"
+                )
+        return self
+
     def default_name(self) -> str:
         return "custom_sql"
 
@@ -307,6 +332,8 @@ class SqlValue(_Check):
 
     @model_validator(mode="after")
     def _absolute(self) -> SqlValue:
+        if self.where:
+            raise ValueError("`where` does not apply to sql_value: filter in the query")
         for threshold in (self.warn_if, self.error_if):
             if threshold is not None and Threshold.parse(threshold).percent:
                 raise ValueError("a sql_value threshold is a number, not a percentage")

@@ -210,6 +210,41 @@ def write_quarantine(
     )
 
 
+def clear_quarantine_batch(store: DeltaStore, dataset: str, info: CommitInfo) -> int | None:
+    """Remove quarantined rows an earlier, unpublished attempt of ``info.batch`` left behind.
+
+    Called when the batch being published quarantines nothing: its quarantine must then hold
+    nothing either. Returns the new version, or None when there was nothing to remove.
+    """
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    name = quarantine_table(dataset)
+    if not store.exists(name):
+        return None
+    pinned = store.read(name)
+    stale = sum(
+        part.count_rows(filter=pads.field("_lf_batch") == info.batch) for part in pinned.parts
+    )
+    if not stale:
+        return None
+    schema = pa.schema(store.open(name).schema().to_arrow())
+    qinfo = CommitInfo(
+        run_id=info.run_id,
+        dataset=name,
+        fingerprint=info.fingerprint,
+        batch=info.batch,
+        input_versions=info.input_versions,
+    )
+    return store.write(
+        name,
+        schema.empty_table(),
+        qinfo,
+        mode="overwrite",
+        predicate=f"_lf_batch = {int(info.batch)}",
+    )
+
+
 def table_after_write_sql(ds: Dataset, batch: str, current: str | None) -> str:
     """A DuckDB query for the table as it will be once ``batch`` is written to ``current``.
 
