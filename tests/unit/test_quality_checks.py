@@ -409,3 +409,14 @@ def test_declarations_refused_at_load() -> None:
                 "checks": [{"type": "row_count", "min": 1, "scope": "table"}],
             }
         )
+
+
+def test_table_scope_of_a_first_merge_is_the_newest_record_per_key(store: DeltaStore) -> None:
+    ds = dataset(
+        "m2",
+        write={"strategy": "merge", "keys": ["id"], "sequence_by": "v"},
+        checks=[{"type": "unique", "columns": ["id"], "scope": "table"}],
+    )
+    batch = pa.table({"id": [1, 1, 2], "v": [1, 2, 1]})
+    (result,) = audit(ds, batch, store=store, target_version=None).results
+    assert result.total == 2 and result.status == "pass"

@@ -263,3 +263,39 @@ def test_checks_status_filter_applies_to_the_latest_result(project: Path) -> Non
     prefix = runner.invoke(app, ["-C", str(project), "checks", "show", first.run_id[:17], "--json"])
     assert prefix.exit_code == 0 and json.loads(prefix.output)["run_id"] == first.run_id
     assert json.loads(prefix.output)["results"] > 0
+
+
+CONTRACT = """
+apiVersion: v3.1.0
+kind: DataContract
+id: urn:test:orders
+version: 1.0.0
+status: active
+schema:
+  - name: {dataset}
+    properties:
+      - {{name: order_id, logicalType: integer, primaryKey: true}}
+      - {{name: email, logicalType: string, required: true}}
+      - {{name: amount, logicalType: string}}
+"""
+
+
+def test_a_contract_is_enforced_before_the_commit(project: Path) -> None:
+    write(project, "contracts/orders.yml", CONTRACT.format(dataset="orders"))
+    orders_csv(project, [(1, 1, 1.0, "new", None)])
+    result = Runner(load_project(project)).run()
+    task = {t.dataset: t for t in result.tasks}["orders"]
+    assert task.status == "failed" and store_of(project).version("orders") is None
+    failed = {c.name: c for c in task.checks if c.status != "pass"}
+    assert failed["contract:required(email)"].origin == "contract"
+    # amount is a DOUBLE, the contract says string: judged by type family
+    assert "amount" in failed["contract:logical_types"].message
+
+
+def test_a_contract_binding_an_unknown_dataset_fails_the_load(project: Path) -> None:
+    from lakeforge.errors import GraphError
+
+    write(project, "contracts/orders.yml", CONTRACT.format(dataset="ordrs"))
+    with pytest.raises(GraphError, match="binds 'ordrs'") as err:
+        load_project(project)
+    assert err.value.hint == "did you mean 'orders'?"

@@ -69,9 +69,9 @@ def settings(ctx: typer.Context) -> Settings:
 
 def _register() -> None:
     # The one place commands are registered.
-    from lakeforge.cli import checks, explore, init, maintenance, run
+    from lakeforge.cli import checks, contract, explore, init, maintenance, run
 
-    for module in (init, run, explore, checks, maintenance):
+    for module in (init, run, explore, checks, contract, maintenance):
         module.register(app)
 
 

@@ -530,6 +530,7 @@ class Runner:
             store=self.store,
             target_version=target_version,
             extra_checks=self._contract_checks(ds),
+            contract_types=self._contract_types(ds),
             history=lambda name, window: self.metadata.metric_history(
                 ds.name, name, limit=window, before_run=run_id
             ),
@@ -565,8 +566,17 @@ class Runner:
             result.metrics["gate_overridden"] = [r.name for r in blocking]
         return outcome
 
+    def _contract_types(self, ds: Any) -> Callable[[dict[str, str]], list[str]] | None:
+        contract = self.project.contracts.get(ds.name)
+        if contract is None:
+            return None
+        return lambda columns: contract.type_violations(ds.name, columns)
+
     def _contract_checks(self, ds: Any) -> list[CheckTarget]:
-        return []
+        contract = self.project.contracts.get(ds.name)
+        if contract is None:
+            return []
+        return [CheckTarget(check, "contract") for check in contract.checks_for(ds.name)]
 
     def _log(self, run_id: str, r: TaskResult) -> None:
         self.runlog.write(

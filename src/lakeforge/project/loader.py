@@ -6,9 +6,10 @@ import hashlib
 import importlib.util
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from lakeforge.errors import ConfigError, LakeforgeError, Location
 from lakeforge.graph.dag import Graph
@@ -23,6 +24,9 @@ from lakeforge.project.config import (
 )
 from lakeforge.sql.model import load_sql_model
 
+if TYPE_CHECKING:
+    from lakeforge.quality.contracts import Contract
+
 
 @dataclass
 class Project:
@@ -31,6 +35,7 @@ class Project:
     root: Path
     config: ProjectConfig
     graph: Graph
+    contracts: dict[str, Contract] = field(default_factory=dict)  # dataset → its contract
 
     @property
     def name(self) -> str:
@@ -63,7 +68,33 @@ def load_project(start: Path | str = ".") -> Project:
     config = load_config(root)
     datasets = [*_load_pipelines(root), *_load_models(root)]
     datasets = [_apply_defaults(ds, config) for ds in datasets]
-    return Project(root=root, config=config, graph=Graph(datasets))
+    graph = Graph(datasets)
+    return Project(root=root, config=config, graph=graph, contracts=_load_contracts(root, graph))
+
+
+def _load_contracts(root: Path, graph: Graph) -> dict[str, Contract]:
+    """Contracts under ``contracts/``, each bound to a table of the graph."""
+    if not (root / "contracts").is_dir():
+        return {}
+    import difflib
+
+    from lakeforge.errors import GraphError
+    from lakeforge.quality.contracts import index_contracts, load_contracts
+
+    bound = index_contracts(load_contracts(root))
+    for dataset, contract in bound.items():
+        if dataset in graph and not graph[dataset].is_view:
+            continue
+        close = difflib.get_close_matches(dataset, graph.datasets, n=1)
+        raise GraphError(
+            f"contract {contract.id!r} binds {dataset!r}, which is not a table of the project",
+            location=Location(contract.file),
+            dataset=dataset,
+            hint=f"did you mean {close[0]!r}?"
+            if close
+            else "set the schema object's physicalName (or name) to a table's name",
+        )
+    return bound
 
 
 def _apply_defaults(ds: Dataset, config: ProjectConfig) -> Dataset:

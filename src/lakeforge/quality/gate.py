@@ -88,6 +88,7 @@ def audit(
     store: DeltaStore,
     target_version: int | None,
     extra_checks: list[CheckTarget] | None = None,
+    contract_types: Callable[[dict[str, str]], list[str]] | None = None,
     history: Callable[[str, int], list[float]] | None = None,
     now: dt.datetime | None = None,
     sample_size: int = DEFAULT_SAMPLE_ROWS,
@@ -102,6 +103,8 @@ def audit(
         target_version: the table's version the write will apply to (None: the write
             replaces the table from scratch).
         extra_checks: checks from the dataset's data contract.
+        contract_types: the contract's logical-type judgement: column → DuckDB type in,
+            problems out.
         history: check name, window → earlier published values (anomaly checks).
         now: evaluation time (freshness); default the current time.
         sample_size: failing rows kept per result.
@@ -109,7 +112,7 @@ def audit(
     """
     pii = {name for name, col in ds.config.columns.items() if col.pii}
     targets = [CheckTarget(c) for c in ds.config.checks] + list(extra_checks or [])
-    if not ds.config.expect and not targets:
+    if not ds.config.expect and not targets and contract_types is None:
         return AuditOutcome(candidate.num_rows, candidate, None, 0)
     import duckdb
 
@@ -120,9 +123,11 @@ def audit(
         outcome = AuditOutcome(
             split.rows_in, split.published, split.quarantined, split.dropped, split.results
         )
+        con.register(BATCH_RELATION, split.published)
+        if contract_types is not None:
+            outcome.results.append(_contract_type_result(con, contract_types))
         if not targets:
             return outcome
-        con.register(BATCH_RELATION, split.published)
         relations = {"batch": BATCH_RELATION}
         if any(t.check.scope == "table" for t in targets):
             _register_table_scope(con, ds, store, target_version)
@@ -157,6 +162,27 @@ def audit(
         return outcome
     finally:
         con.close()
+
+
+def _contract_type_result(
+    con: duckdb.DuckDBPyConnection, judge: Callable[[dict[str, str]], list[str]]
+) -> CheckResult:
+    relation = con.table(BATCH_RELATION)
+    columns = {n: str(t) for n, t in zip(relation.columns, relation.types, strict=True)}
+    problems = judge(columns)
+    return CheckResult(
+        name="contract:logical_types",
+        check_type="schema",
+        origin="contract",
+        severity="error",
+        status="fail" if problems else "pass",
+        scope="batch",
+        value=float(len(problems)),
+        failing=len(problems),
+        total=len(columns),
+        threshold="each column's type is of its logicalType's family",
+        message="; ".join(problems) if problems else "column types match the contract",
+    )
 
 
 def _register_table_scope(

@@ -254,7 +254,7 @@ def table_after_write_sql(ds: Dataset, batch: str, current: str | None) -> str:
     key unless the table holds a newer one (``sequence_by``) and honours ``delete_when``.
     """
     strategy = ds.config.write
-    if current is None or strategy.strategy == "overwrite":
+    if strategy.strategy == "overwrite" or (current is None and not isinstance(strategy, Merge)):
         return f"SELECT * FROM {batch}"
     if strategy.strategy == "append":
         return f"SELECT * FROM {current} UNION ALL BY NAME SELECT * FROM {batch}"
@@ -282,6 +282,11 @@ def table_after_write_sql(ds: Dataset, batch: str, current: str | None) -> str:
             if strategy.delete_when
             else "false"
         )
+        if current is None:  # a first build or full refresh: the newest record per key
+            return (
+                f"SELECT * EXCLUDE ({_DELETE_FLAG}) FROM (SELECT *, {delete} AS {_DELETE_FLAG} "
+                f"FROM ({newest})) WHERE NOT {_DELETE_FLAG}"
+            )
         return (
             f"WITH s AS (SELECT *, {delete} AS {_DELETE_FLAG} FROM ({newest})), "
             f"applied AS (SELECT s.* FROM s LEFT JOIN {current} AS t ON {match} "
