@@ -420,3 +420,24 @@ def test_table_scope_of_a_first_merge_is_the_newest_record_per_key(store: DeltaS
     batch = pa.table({"id": [1, 1, 2], "v": [1, 2, 1]})
     (result,) = audit(ds, batch, store=store, target_version=None).results
     assert result.total == 2 and result.status == "pass"
+
+
+def test_unique_nulls_distinct_or_equal(store: DeltaStore) -> None:
+    data = pa.table({"a": [1, 1, 2, None, None], "b": [None, None, 3, None, None]})
+    checks = [
+        {"name": "sql", "type": "unique", "columns": ["a", "b"]},
+        {"name": "grouped", "type": "unique", "columns": ["a", "b"], "nulls_distinct": False},
+    ]
+    r = by_name(run_checks(store, checks, data))
+    assert r["sql"].failing == 0  # a key holding a NULL is never a duplicate
+    assert r["grouped"].failing == 2  # (1, NULL) twice; all-NULL keys are skipped
+    assert [row["a"] for row in r["grouped"].sample or []] == [1, 1]
+
+
+def test_samples_are_the_failing_rows_in_order(store: DeltaStore) -> None:
+    data = pa.table({"id": list(range(100)), "v": [i if i % 7 else -i for i in range(100)]})
+    checks = [{"type": "range", "column": "v", "min": 0}, {"unique": "v"}]
+    r = by_name(run_checks(store, checks, data))
+    sample = r["range(v)"].sample or []
+    assert [row["id"] for row in sample] == [7 * k for k in range(1, 15)]
+    assert r["unique(v)"].failing == 0

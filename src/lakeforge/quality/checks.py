@@ -47,9 +47,11 @@ from lakeforge.quality.spec import (
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
 
     from lakeforge.graph.spec import Dataset
 
+ROW_COLUMN = "__lf_row"  # position of a row in the candidate, for samples taken with Arrow
 AGGREGATE_TYPES = (
     NotNull,
     AcceptedValues,
@@ -89,6 +91,11 @@ class CheckEnvironment:
         now: the evaluation time (freshness).
         sample_size: failing rows kept per check.
         pii_columns: columns masked in samples.
+        positions: relation → the Arrow table its ``__lf_row`` column indexes. On those
+            relations the aggregate query also collects the positions of the first failing
+            rows (``min(__lf_row, n)``), and samples are taken from Arrow: no second scan.
+        plain: scope → the relation without ``__lf_row`` (what users' SQL and the schema
+            check see).
     """
 
     con: duckdb.DuckDBPyConnection
@@ -99,6 +106,11 @@ class CheckEnvironment:
     now: dt.datetime
     sample_size: int
     pii_columns: set[str] = field(default_factory=set)
+    positions: dict[str, pa.Table] = field(default_factory=dict)
+    plain: dict[str, str] = field(default_factory=dict)
+
+    def visible(self, scope: str) -> str:
+        return self.plain.get(scope, self.relations[scope])
 
 
 @dataclass
@@ -109,6 +121,8 @@ class _Compiled:
     outputs: dict[str, str]  # output alias → SQL expression
     violation: str | None = None  # row predicate (for samples)
     sample_sql: str | None = None
+    positioned: bool = False  # outputs carry failing-row positions
+    flags: dict[str, str] = field(default_factory=dict)  # per-row booleans the outputs use
 
 
 class _Params:
@@ -166,6 +180,7 @@ def _compile(env: CheckEnvironment, rel: str, i: int, target: CheckTarget, p: _P
     check = target.check
     where = _where(env, check)
     total = f"count(*) FILTER (WHERE {where})" if check.where else "count(*)"
+    positioned = rel in env.positions and env.sample_size > 0
     if isinstance(check, NotNull):
         bad = f"{ident(check.column)} IS NULL"
     elif isinstance(check, AcceptedValues):
@@ -188,18 +203,27 @@ def _compile(env: CheckEnvironment, rel: str, i: int, target: CheckTarget, p: _P
         )
     elif isinstance(check, Unique):
         keys = ", ".join(ident(k) for k in check.columns)
-        present = " AND ".join(f"{ident(k)} IS NOT NULL" for k in check.columns)
-        dups = (
-            f"SELECT {keys} FROM {rel} WHERE {where} AND {present} "
-            f"GROUP BY {keys} HAVING count(*) > 1"
+        nulls = [f"{ident(k)} IS NULL" for k in check.columns]
+        # nulls_distinct: a key with a NULL is never a duplicate (SQL UNIQUE); otherwise
+        # NULLs compare equal and only an all-NULL key is skipped (GROUP BY semantics).
+        present = (
+            " AND ".join(f"NOT {n}" for n in nulls)
+            if check.nulls_distinct
+            else f"NOT ({' AND '.join(nulls)})"
         )
-        failing = (
-            f"(SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM {rel} "
-            f"WHERE {where} AND {present} GROUP BY {keys} HAVING count(*) > 1))"
-        )
+        groups = f"FROM {rel} WHERE {where} AND {present} GROUP BY {keys} HAVING count(*) > 1"
+        if positioned:
+            half = max(1, (env.sample_size + 1) // 2)
+            failing = (
+                f"(SELECT {{'n': coalesce(sum(n), 0), 'lo': min(lo, {half}), "
+                f"'hi': arg_min(hi, lo, {half})}} FROM (SELECT count(*) AS n, "
+                f"min({ROW_COLUMN}) AS lo, max({ROW_COLUMN}) AS hi {groups}))"
+            )
+            return _Compiled(target, {f"t{i}": total, f"f{i}": failing}, positioned=True)
+        failing = f"(SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n {groups}))"
         sample = (
-            f"SELECT * FROM {rel} SEMI JOIN ({dups}) AS __d USING ({keys}) "
-            f"WHERE {where} ORDER BY {keys} LIMIT {env.sample_size}"
+            f"SELECT * FROM {rel} SEMI JOIN (SELECT {keys} {groups}) AS __d "
+            f"USING ({keys}) WHERE {where} ORDER BY {keys} LIMIT {env.sample_size}"
         )
         return _Compiled(target, {f"t{i}": total, f"f{i}": failing}, sample_sql=sample)
     elif isinstance(check, Relationships):
@@ -210,6 +234,12 @@ def _compile(env: CheckEnvironment, rel: str, i: int, target: CheckTarget, p: _P
             f"FROM {parent}) AS __p ON {rel}.{col} = __p.__lf_k "
             f"WHERE {where} AND {rel}.{col} IS NOT NULL"
         )
+        if positioned:
+            failing = (
+                f"(SELECT {{'n': count(*), 'rows': min({rel}.{ROW_COLUMN}, "
+                f"{env.sample_size})}} FROM {anti})"
+            )
+            return _Compiled(target, {f"t{i}": total, f"f{i}": failing}, positioned=True)
         return _Compiled(
             target,
             {f"t{i}": total, f"f{i}": f"(SELECT count(*) FROM {anti})"},
@@ -234,10 +264,13 @@ def _compile(env: CheckEnvironment, rel: str, i: int, target: CheckTarget, p: _P
         return _Compiled(target, outputs)
     else:  # pragma: no cover - AGGREGATE_TYPES is exhaustive
         raise AssertionError(type(check))
+    # The rule is evaluated once per row, as a projected flag both aggregates filter on.
+    outputs = {f"t{i}": total, f"f{i}": f"count(*) FILTER (WHERE b{i})"}
+    if positioned:
+        outputs[f"s{i}"] = f"min({ROW_COLUMN}, {env.sample_size}) FILTER (WHERE b{i})"
+    violation = f"{where} AND ({bad})"
     return _Compiled(
-        target,
-        {f"t{i}": total, f"f{i}": f"count(*) FILTER (WHERE {where} AND ({bad}))"},
-        violation=f"{where} AND ({bad})",
+        target, outputs, violation=violation, positioned=positioned, flags={f"b{i}": violation}
     )
 
 
@@ -269,22 +302,63 @@ def _aggregate(
                 row.update(_run(env, rel, [_compile(env, rel, i, c.target, single)], single))
             except duckdb.Error as exc:
                 results[i] = _error(c.target, exc)
+    taken = _take_samples(env, rel, compiled, row)
     for i, c in compiled.items():
         if i not in results:
-            results[i] = _judge(env, rel, i, c, row, params)
+            results[i] = _judge(env, rel, i, c, row, params, taken)
     return results
 
 
+def _positions(raw: Any) -> list[int]:
+    """Failing-row positions an output carries: a list, or a {n, rows | lo, hi} struct."""
+    if isinstance(raw, dict):
+        return sorted({*(raw.get("rows") or []), *(raw.get("lo") or []), *(raw.get("hi") or [])})
+    return list(raw or [])
+
+
+def _take_samples(
+    env: CheckEnvironment, rel: str, compiled: dict[int, _Compiled], row: dict[str, Any]
+) -> dict[int, pa.Table]:
+    """Every positioned check's sample rows, with one Arrow ``take`` for all of them."""
+    wanted: dict[int, list[int]] = {}
+    for i, c in compiled.items():
+        if c.positioned:
+            raw = row.get(f"s{i}") if f"s{i}" in c.outputs else row.get(f"f{i}")
+            positions = _positions(raw)[: env.sample_size]
+            if positions:
+                wanted[i] = positions
+    if not wanted:
+        return {}
+    import pyarrow as pa
+
+    every = sorted({p for positions in wanted.values() for p in positions})
+    rows = env.positions[rel].take(pa.array(every, pa.int64()))
+    where = {p: j for j, p in enumerate(every)}
+    return {
+        i: rows.take(pa.array([where[p] for p in positions], pa.int64()))
+        for i, positions in wanted.items()
+    }
+
+
 def _run(env: CheckEnvironment, rel: str, compiled: Any, params: _Params) -> dict[str, Any]:
+    compiled = list(compiled)
     outputs = [f"{sql} AS {alias}" for c in compiled for alias, sql in c.outputs.items()]
+    flags = [f"{sql} AS {alias}" for c in compiled for alias, sql in c.flags.items()]
+    source = f"(SELECT *, {', '.join(flags)} FROM {rel}) AS __lf_flagged" if flags else rel
     table = env.con.sql(
-        f"SELECT {', '.join(outputs)} FROM {rel}", params=params.values or None
+        f"SELECT {', '.join(outputs)} FROM {source}", params=params.values or None
     ).to_arrow_table()
     return {name: table.column(name)[0].as_py() for name in table.column_names}
 
 
 def _judge(
-    env: CheckEnvironment, rel: str, i: int, c: _Compiled, row: dict[str, Any], params: _Params
+    env: CheckEnvironment,
+    rel: str,
+    i: int,
+    c: _Compiled,
+    row: dict[str, Any],
+    params: _Params,
+    taken: dict[int, pa.Table],
 ) -> CheckResult:
     check = c.target.check
     total = int(row.get(f"t{i}") or 0)
@@ -308,13 +382,21 @@ def _judge(
         return _freshness(env, c.target, row.get(f"v{i}"), total)
     if isinstance(check, Anomaly):
         return _anomaly(env, c.target, row, i, total)
-    failing = int(row.get(f"f{i}") or 0)
+    raw = row.get(f"f{i}")
+    failing = int((raw["n"] if isinstance(raw, dict) else raw) or 0)
     status = _decide(check, failing, total)
     sample = None
-    if failing and status != "pass":
-        sql = c.sample_sql or f"SELECT * FROM {rel} WHERE {c.violation} LIMIT {env.sample_size}"
-        used = {k: v for k, v in params.values.items() if re.search(rf"\${k}\b", sql)}
-        rows = env.con.sql(sql, params=used or None).to_arrow_table()
+    if failing and status != "pass" and env.sample_size:
+        if c.positioned:
+            rows = taken[i]
+            if isinstance(check, Unique):
+                rows = rows.sort_by([(k, "ascending") for k in check.columns])
+        else:
+            sql = c.sample_sql or (
+                f"SELECT * FROM {rel} WHERE {c.violation} LIMIT {env.sample_size}"
+            )
+            used = {k: v for k, v in params.values.items() if re.search(rf"\${k}\b", sql)}
+            rows = env.con.sql(sql, params=used or None).to_arrow_table()
         sample = sample_rows(rows, env.pii_columns)
     pct = f" ({100 * failing / total:.2f}%)" if total else ""
     return _result(
@@ -418,7 +500,7 @@ def _anomaly(
 def _schema(env: CheckEnvironment, target: CheckTarget) -> CheckResult:
     check = target.check
     assert isinstance(check, SchemaCheck)
-    relation = env.con.table(env.relations[check.scope])
+    relation = env.con.table(env.visible(check.scope))
     types = zip(relation.columns, relation.types, strict=True)
     actual = {name: str(dtype).upper() for name, dtype in types}
     problems = []
@@ -478,7 +560,7 @@ def _query_check(env: CheckEnvironment, target: CheckTarget) -> CheckResult:
             if table != env.ds.name:
                 source = env.resolve(table)
                 env.con.sql(f"CREATE OR REPLACE TEMP VIEW {ident(table)} AS FROM {source}")
-        env.con.sql(f"CREATE OR REPLACE TEMP VIEW {view} AS FROM {env.relations[check.scope]}")
+        env.con.sql(f"CREATE OR REPLACE TEMP VIEW {view} AS FROM {env.visible(check.scope)}")
         if isinstance(check, SqlValue):
             values = env.con.sql(sql).fetchall()
             if len(values) != 1 or len(values[0]) != 1:

@@ -20,7 +20,13 @@ import sqlglot
 from sqlglot import exp
 
 from lakeforge.errors import ConfigError, DatasetNotFound
-from lakeforge.quality.checks import CheckEnvironment, CheckTarget, evaluate_checks, ident
+from lakeforge.quality.checks import (
+    ROW_COLUMN,
+    CheckEnvironment,
+    CheckTarget,
+    evaluate_checks,
+    ident,
+)
 from lakeforge.quality.expectations import apply_expectations
 from lakeforge.quality.results import DEFAULT_SAMPLE_ROWS, CheckResult
 from lakeforge.quality.spec import CustomSQL, Relationships, SqlValue, _Check
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
     from lakeforge.storage.delta import DeltaStore
 
 BATCH_RELATION = "__lf_batch"
+PLAIN_BATCH_RELATION = "__lf_batch_rows"
 TABLE_RELATION = "__lf_table"
 CURRENT_RELATION = "__lf_current"
 
@@ -123,12 +130,20 @@ def audit(
         outcome = AuditOutcome(
             split.rows_in, split.published, split.quarantined, split.dropped, split.results
         )
-        con.register(BATCH_RELATION, split.published)
+        con.register(PLAIN_BATCH_RELATION, split.published)
         if contract_types is not None:
             outcome.results.append(_contract_type_result(con, contract_types))
         if not targets:
             return outcome
+        # The batch with each row's position: checks collect the positions of their first
+        # failing rows in the same scan, and samples are then taken from Arrow.
+        import numpy as np
+        import pyarrow as pa
+
+        rows = pa.array(np.arange(split.published.num_rows, dtype=np.int64))
+        con.register(BATCH_RELATION, split.published.append_column(ROW_COLUMN, rows))
         relations = {"batch": BATCH_RELATION}
+        plain = {"batch": PLAIN_BATCH_RELATION}
         if any(t.check.scope == "table" for t in targets):
             _register_table_scope(con, ds, store, target_version)
             relations["table"] = TABLE_RELATION
@@ -157,6 +172,8 @@ def audit(
             now=now or dt.datetime.now(dt.UTC),
             sample_size=sample_size,
             pii_columns=pii,
+            positions={BATCH_RELATION: split.published},
+            plain=plain,
         )
         outcome.results += evaluate_checks(env, targets)
         return outcome
@@ -167,7 +184,7 @@ def audit(
 def _contract_type_result(
     con: duckdb.DuckDBPyConnection, judge: Callable[[dict[str, str]], list[str]]
 ) -> CheckResult:
-    relation = con.table(BATCH_RELATION)
+    relation = con.table(PLAIN_BATCH_RELATION)
     columns = {n: str(t) for n, t in zip(relation.columns, relation.types, strict=True)}
     problems = judge(columns)
     return CheckResult(
@@ -204,7 +221,7 @@ def _register_table_scope(
     if target_version is not None:
         register_table(con, CURRENT_RELATION, store.read(ds.name, target_version))
         current = CURRENT_RELATION
-    sql = table_after_write_sql(ds, BATCH_RELATION, current)
+    sql = table_after_write_sql(ds, PLAIN_BATCH_RELATION, current)
     con.sql(f"CREATE TEMP VIEW {ident(TABLE_RELATION)} AS {sql}")
 
 

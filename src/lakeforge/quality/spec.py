@@ -8,6 +8,7 @@ and data contracts, so a mistake is reported with the file and line it came from
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Any, Literal
 
@@ -80,6 +81,19 @@ class Threshold(_Strict):
         return f"{self.op} {number}{'%' if self.percent else ''}"
 
 
+@functools.lru_cache(maxsize=256)
+def _re2_problem(pattern: str) -> str | None:
+    """Why RE2 — the syntax the checks run with (no look-around, no back-references) —
+    rejects ``pattern``, or None; so a pattern Python accepts fails at load time, not later."""
+    import duckdb
+
+    try:
+        duckdb.connect().execute("SELECT regexp_full_match('', ?)", [pattern]).fetchall()
+    except duckdb.Error as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
 def parse_duration(text: str | float) -> float:
     """Seconds in ``30s``, ``15m``, ``2h``, ``7d``, ``1w`` (a bare number is seconds)."""
     if isinstance(text, int | float) and not isinstance(text, bool):
@@ -147,12 +161,15 @@ class NotNull(_Check):
 class Unique(_Check):
     """No two rows share a value of ``columns`` (one column, or a compound key).
 
-    Failing rows are the rows whose key occurs more than once; rows with a NULL in the key
-    are not compared (as in a SQL UNIQUE constraint).
+    Failing rows are the rows whose key occurs more than once. With ``nulls_distinct``
+    (default), a key holding a NULL is never a duplicate, as in a SQL UNIQUE constraint;
+    with ``nulls_distinct: false`` NULLs compare equal (PostgreSQL's ``NULLS NOT
+    DISTINCT``, ``GROUP BY`` semantics) and only keys that are entirely NULL are skipped.
     """
 
     type: Literal["unique"] = "unique"
     columns: list[str] = Field(min_length=1)
+    nulls_distinct: bool = True
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -203,17 +220,9 @@ class Regex(_Check):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        # Checked by the engine that evaluates it (RE2 syntax: no look-around, no
-        # back-references), so a pattern Python accepts but RE2 rejects fails at load time.
-        import duckdb
-
-        try:
-            duckdb.connect().execute("SELECT regexp_full_match('', ?)", [value]).fetchall()
-        except duckdb.Error as exc:
-            detail = str(exc).splitlines()[0]
-            raise ValueError(
-                f"pattern {value!r} is not a valid RE2 regular expression: {detail}"
-            ) from None
+        problem = _re2_problem(value)
+        if problem:
+            raise ValueError(f"pattern {value!r} is not a valid RE2 regular expression: {problem}")
         return value
 
     def default_name(self) -> str:
