@@ -212,20 +212,15 @@ def _compile(env: CheckEnvironment, rel: str, i: int, target: CheckTarget, p: _P
             else f"NOT ({' AND '.join(nulls)})"
         )
         groups = f"FROM {rel} WHERE {where} AND {present} GROUP BY {keys} HAVING count(*) > 1"
-        if positioned:
-            half = max(1, (env.sample_size + 1) // 2)
-            failing = (
-                f"(SELECT {{'n': coalesce(sum(n), 0), 'lo': min(lo, {half}), "
-                f"'hi': arg_min(hi, lo, {half})}} FROM (SELECT count(*) AS n, "
-                f"min({ROW_COLUMN}) AS lo, max({ROW_COLUMN}) AS hi {groups}))"
-            )
-            return _Compiled(target, {f"t{i}": total, f"f{i}": failing}, positioned=True)
-        failing = f"(SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n {groups}))"
-        sample = (
-            f"SELECT * FROM {rel} SEMI JOIN (SELECT {keys} {groups}) AS __d "
-            f"USING ({keys}) WHERE {where} ORDER BY {keys} LIMIT {env.sample_size}"
+        # The grouping counts rows per key and keeps the first duplicated keys (an outer
+        # aggregate over the few duplicate groups only); their rows are fetched afterwards,
+        # only when the check fails: cheaper than carrying row positions through every group.
+        packed = ", ".join(f"'k{j}': {ident(k)}" for j, k in enumerate(check.columns))
+        failing = (
+            f"(SELECT {{'n': coalesce(sum(n), 0), 'keys': min({{{packed}}}, "
+            f"{max(1, env.sample_size)})}} FROM (SELECT {keys}, count(*) AS n {groups}))"
         )
-        return _Compiled(target, {f"t{i}": total, f"f{i}": failing}, sample_sql=sample)
+        return _Compiled(target, {f"t{i}": total, f"f{i}": failing})
     elif isinstance(check, Relationships):
         parent = env.resolve(check.to)
         col = ident(check.column)
@@ -309,10 +304,32 @@ def _aggregate(
     return results
 
 
+def _duplicate_rows(env: CheckEnvironment, check: Unique, keys: list[dict[str, Any]]) -> pa.Table:
+    """The rows holding the first duplicated keys (up to the sample size), ordered by key."""
+    import pyarrow as pa
+
+    names = [f"k{j}" for j in range(len(check.columns))]
+    if not keys:
+        return pa.table({})
+    env.con.register("__lf_dupkeys", pa.Table.from_pylist(keys).select(names))
+    try:
+        match = " AND ".join(
+            f"r.{ident(col)} IS NOT DISTINCT FROM d.{name}"
+            for col, name in zip(check.columns, names, strict=True)
+        )
+        order = ", ".join(f"r.{ident(col)}" for col in check.columns)
+        return env.con.sql(
+            f"SELECT r.* FROM {env.visible(check.scope)} AS r SEMI JOIN __lf_dupkeys AS d "
+            f"ON {match} WHERE {_where(env, check)} ORDER BY {order} LIMIT {env.sample_size}"
+        ).to_arrow_table()
+    finally:
+        env.con.unregister("__lf_dupkeys")
+
+
 def _positions(raw: Any) -> list[int]:
-    """Failing-row positions an output carries: a list, or a {n, rows | lo, hi} struct."""
+    """Failing-row positions an output carries: a list, or a {n, rows} struct."""
     if isinstance(raw, dict):
-        return sorted({*(raw.get("rows") or []), *(raw.get("lo") or []), *(raw.get("hi") or [])})
+        return sorted(raw.get("rows") or [])
     return list(raw or [])
 
 
@@ -387,10 +404,11 @@ def _judge(
     status = _decide(check, failing, total)
     sample = None
     if failing and status != "pass" and env.sample_size:
-        if c.positioned:
+        if isinstance(check, Unique):
+            assert isinstance(raw, dict)
+            rows = _duplicate_rows(env, check, raw["keys"] or [])
+        elif c.positioned:
             rows = taken[i]
-            if isinstance(check, Unique):
-                rows = rows.sort_by([(k, "ascending") for k in check.columns])
         else:
             sql = c.sample_sql or (
                 f"SELECT * FROM {rel} WHERE {c.violation} LIMIT {env.sample_size}"
