@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from lakeforge.graph.decorators import table, view
 from lakeforge.graph.spec import SCD2, Append, ColumnSpec, Merge, Overwrite, ReplacePartitions
+from lakeforge.sources.files import FilesConfig as files
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "Overwrite",
     "ReplacePartitions",
     "__version__",
+    "files",
     "table",
     "view",
 ]

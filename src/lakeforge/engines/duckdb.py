@@ -124,6 +124,8 @@ class DuckDBEngine:
 
         assert ds.function is not None
         kwargs: dict[str, Any] = {name: con.table(name) for name in ds.inputs}
+        if ds.config.source is not None and "source" in inspect.signature(ds.function).parameters:
+            kwargs["source"] = con.table("source")  # the batch the dataset's source yielded
         if ds.takes_context:
             kwargs["context"] = context
         try:

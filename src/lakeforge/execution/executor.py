@@ -11,6 +11,7 @@ import random
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from lakeforge.observability.runlog import RunLog, RunLogRecord
 from lakeforge.project.config import STATE_DIR
 from lakeforge.quality.checks import CheckTarget
 from lakeforge.quality.gate import AuditOutcome, audit, check_dependencies, stage_candidate
+from lakeforge.sources import source_of
+from lakeforge.sources.base import SOURCE_INPUT, Source
 from lakeforge.storage.delta import CommitInfo, DeltaStore
 from lakeforge.storage.write import clear_quarantine_batch, write_dataset, write_quarantine
 
@@ -469,18 +472,38 @@ class Runner:
             vars=dict(self.project.config.vars),
         )
         views = [self.graph[v] for v in self.graph.views_needed(ds.name)]
+        source = source_of(ds, self.project.root)
+        if source is not None:
+            self._ingest(run_id, run_started, ds, assessment, full_refresh, result, gate,
+                         source, inputs, views, context)  # fmt: skip
+            return
         data = self.engine.transform(ds, inputs, views, context)
         target = None if full_refresh else target_version
         outcome = self._audit(run_id, ds, data, target, result, gate)
-        batch = self.store.committed_batch(ds.name) + 1
+        self._commit(run_id, run_started, ds, assessment, result, outcome, target, full_refresh)
+
+    def _commit(
+        self,
+        run_id: str,
+        run_started: datetime,
+        ds: Any,
+        assessment: Assessment,
+        result: TaskResult,
+        outcome: AuditOutcome,
+        target_version: int | None,
+        full_refresh: bool,
+        source_state: dict[str, Any] | None = None,
+    ) -> None:
+        """Quarantine (if any), then the dataset: the batch's one commit."""
         info = CommitInfo(
             run_id=run_id,
             dataset=ds.name,
             fingerprint=assessment.fingerprint,
-            batch=batch,
-            input_versions=pinned,
+            batch=self.store.committed_batch(ds.name) + 1,
+            input_versions=result.input_versions,
             external_state=assessment.external_state,
             full_refresh=full_refresh,
+            source_state=source_state,
         )
         if outcome.quarantined is not None:
             # Before the dataset's commit: a published batch never lacks its quarantined rows.
@@ -493,26 +516,76 @@ class Runner:
             if cleared is not None:
                 result.metrics["quarantine_version"] = cleared
         written = write_dataset(
-            self.store,
-            ds,
-            outcome.published,
-            info,
-            target_version=None if full_refresh else target_version,
-            now=run_started,
+            self.store, ds, outcome.published, info, target_version=target_version, now=run_started
         )
         result.output_version = written.version
-        result.rows_out = outcome.published.num_rows
-        result.metrics.update(
-            {
-                "rows_written": written.rows_written,
-                "inserted": written.inserted,
-                "updated": written.updated,
-                "deleted": written.deleted,
-                "stale_records": written.stale_records,
-                "added_columns": written.added_columns,
-                "rescued_columns": written.rescued_columns,
-            }
-        )
+        result.rows_out = (result.rows_out or 0) + outcome.published.num_rows
+        for key, value in {
+            "rows_written": written.rows_written,
+            "inserted": written.inserted,
+            "updated": written.updated,
+            "deleted": written.deleted,
+            "stale_records": written.stale_records,
+        }.items():
+            result.metrics[key] = int(result.metrics.get(key, 0)) + value
+        for key, cols in (
+            ("added_columns", written.added_columns),
+            ("rescued_columns", written.rescued_columns),
+        ):
+            result.metrics[key] = sorted({*result.metrics.get(key, []), *cols})
+
+    def _ingest(
+        self,
+        run_id: str,
+        run_started: datetime,
+        ds: Any,
+        assessment: Assessment,
+        full_refresh: bool,
+        result: TaskResult,
+        gate: bool,
+        source: Source,
+        inputs: dict[str, Any],
+        views: list[Any],
+        context: TransformContext,
+    ) -> None:
+        """Read what is new from the source, one commit per batch (state in the commit)."""
+        import pyarrow.dataset as pads
+
+        from lakeforge.storage.delta import PinnedTable
+
+        if full_refresh:
+            position = source.fresh()
+        else:
+            committed = self.store.commit_infos(ds.name)
+            position = source.recover(i.source_state for i in committed if i.source_state)
+        totals: dict[str, int] = {}
+        checks: list[Any] = []
+        batches = units = 0
+        result.rows_in = 0
+        for batch in source.batches(position):
+            batches += 1
+            units += batch.units
+            result.rows_in += batch.data.num_rows
+            pinned = PinnedTable(SOURCE_INPUT, -1, [pads.dataset(batch.data)])
+            data = self.engine.transform(ds, {**inputs, SOURCE_INPUT: pinned}, views, context)
+            target = None if full_refresh and batches == 1 else self.store.version(ds.name)
+            outcome = self._audit(run_id, ds, data, target, result, gate)
+            checks += outcome.results
+            for key in ("rows_candidate", "rows_published", "rows_quarantined", "rows_dropped"):
+                totals[key] = totals.get(key, 0) + int(result.metrics[key])
+            self._commit(
+                run_id, run_started, ds, assessment, result, outcome, target, full_refresh,
+                source_state=batch.state,
+            )  # fmt: skip
+        result.checks = checks
+        result.metrics.update(totals)
+        result.metrics["checks"] = dict(Counter(c.status for c in checks))
+        result.metrics["source"] = {"batches": batches, "units": units}
+        changed = getattr(source, "changed", None)
+        if changed is not None:
+            result.metrics["source"]["changed_files"] = changed(position)
+        if batches == 0:
+            result.reason += " (nothing new to read)"
 
     def _audit(
         self,

@@ -86,6 +86,19 @@ def assess(
         reasons.append("never built")
     elif state.last_commit is None:
         reasons.append("table has no Lakeforge commit (written by another tool)")
+    elif ds.config.source is not None:
+        # A source-fed table is built incrementally: new source data makes it stale; a code
+        # or input change applies to the batches that come next (--full-refresh re-ingests).
+        from lakeforge.sources import source_of
+
+        source = source_of(ds, root)
+        assert source is not None
+        position = source.recover(
+            info.source_state for info in store.commit_infos(ds.name) if info.source_state
+        )
+        pending = source.pending(position)
+        if pending:
+            reasons.append(pending)
     else:
         last = state.last_commit
         if last.fingerprint != fp:

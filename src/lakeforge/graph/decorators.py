@@ -16,7 +16,7 @@ from typing import Any, TypeVar, overload
 from pydantic import ValidationError
 
 from lakeforge.errors import ConfigError, Location
-from lakeforge.graph.spec import RESERVED_PARAMETERS, Dataset, DatasetConfig
+from lakeforge.graph.spec import RESERVED_PARAMETERS, SOURCE_PARAMETER, Dataset, DatasetConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 ATTRIBUTE = "__lakeforge_dataset__"
@@ -56,6 +56,8 @@ def _declare(function: Callable[..., Any], kind: str, options: dict[str, Any]) -
             )
         if param.name in RESERVED_PARAMETERS:
             takes_context = True
+        elif param.name == SOURCE_PARAMETER and config.source is not None:
+            continue  # the source's batch, not an upstream dataset
         else:
             inputs.append(param.name)
     return Dataset(

@@ -23,12 +23,14 @@ from lakeforge.quality.spec import (
     expand_check_shorthand,
     expectations_from,
 )
+from lakeforge.sources.files import FilesConfig
 
 Layer = Literal["bronze", "silver", "gold"]
 SchemaEvolution = Literal["add_columns", "fail", "rescue"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_PARAMETERS = frozenset({"context"})
+SOURCE_PARAMETER = "source"  # the batch a dataset's source yields (sources/base.py)
 RESCUE_COLUMN = "_rescued_data"
 
 
@@ -127,6 +129,7 @@ class DatasetConfig(_Strict):
     expect: dict[str, Expectation] = Field(default_factory=dict)
     on_violation: Action = "warn"
     checks: list[Check] = Field(default_factory=list)
+    source: FilesConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -147,6 +150,14 @@ class DatasetConfig(_Strict):
         if isinstance(value, dict):
             return {k: {"type": v} if isinstance(v, str) else v for k, v in value.items()}
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _append_from_sources(cls, data: Any) -> Any:
+        # A source yields batches of new records: appending them is the natural default.
+        if isinstance(data, dict) and data.get("source") is not None and "write" not in data:
+            return {**data, "write": {"strategy": "append"}}
+        return data
 
     @field_validator("write", mode="before")
     @classmethod
@@ -174,6 +185,13 @@ class DatasetConfig(_Strict):
             raise ValueError("a view is not materialized: it takes no partition_by/cluster_by")
         if isinstance(self.write, ReplacePartitions) and not self.partition_by:
             raise ValueError("write strategy replace_partitions needs partition_by")
+        if self.kind == "view" and self.source is not None:
+            raise ValueError("a view cannot have a source: declare a table")
+        if self.source is not None and self.write.strategy in ("overwrite", "replace_partitions"):
+            raise ValueError(
+                f"write strategy {self.write.strategy} would make each source batch replace "
+                "the one before: use append (the default with a source), merge or scd2"
+            )
         if self.kind == "view" and (self.expect or self.checks):
             raise ValueError("a view is not materialized: put expect/checks on a table")
         if isinstance(self.write, SCD2) and any(c.scope == "table" for c in self.checks):

@@ -73,6 +73,8 @@ def load_sql_model(path: Path, root: Path) -> Dataset:
     leading = body[: len(body) - len(body.lstrip())].count("\n")
     tree = parse_select(sql, rel, body_offset + leading, config.name)
     inputs, external = extract_references(tree)
+    if config.source is not None:  # `FROM source` reads the source's batch
+        inputs = [name for name in inputs if name != "source"]
     return Dataset(
         name=config.name,
         config=config,

@@ -11,6 +11,7 @@ Every write Lakeforge makes is one Delta commit carrying
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,9 +45,13 @@ class CommitInfo:
     input_versions: dict[str, int] = field(default_factory=dict)
     external_state: dict[str, str] = field(default_factory=dict)
     full_refresh: bool = False
+    source_state: dict[str, Any] | None = None  # what a source consumed (DESIGN §2.2)
 
     def to_metadata(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.source_state is None:
+            del data["source_state"]
+        return data
 
     @classmethod
     def from_metadata(cls, data: Any) -> CommitInfo | None:
@@ -61,6 +66,9 @@ class CommitInfo:
                 input_versions={k: int(v) for k, v in data.get("input_versions", {}).items()},
                 external_state={k: str(v) for k, v in data.get("external_state", {}).items()},
                 full_refresh=bool(data.get("full_refresh", False)),
+                source_state=data.get("source_state")
+                if isinstance(data.get("source_state"), dict)
+                else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -250,6 +258,15 @@ class DeltaStore:
             last_commit=last,
             last_commit_version=last_version,
         )
+
+    def commit_infos(self, dataset: str) -> Iterator[CommitInfo]:
+        """Lakeforge's commit metadata of ``dataset``, newest first (empty when absent)."""
+        if not self.exists(dataset):
+            return
+        for entry in self.open(dataset).history():
+            info = CommitInfo.from_metadata(entry.get(METADATA_KEY))
+            if info is not None:
+                yield info
 
     def committed_batch(self, dataset: str) -> int:
         """The newest batch sequence number committed for ``dataset`` (0 when none)."""

@@ -1,0 +1,84 @@
+"""The source protocol: what an external system must do to feed a dataset exactly once.
+
+A source yields batches; each batch carries the data and the *state* it consumed. The
+executor commits both in one Delta commit (the state in the commit metadata, next to the
+app transaction of the batch), so the table itself says what has been ingested. On restart
+the source rebuilds its position from the commits (:meth:`Source.recover`): a batch whose
+commit landed is never read again, a batch whose commit did not land is read again — into
+the same batch number, which Delta's app transaction lets through only once.
+
+A dataset declares its source in its configuration (``source:``) and reads the batch under
+the reserved input name ``source``: ``SELECT ... FROM source`` or ``def raw(source): ...``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+SOURCE_INPUT = "source"
+
+
+@dataclass
+class SourceBatch:
+    """One batch read from a source.
+
+    Attributes:
+        data: the records, as Arrow.
+        state: JSON-able state committed with the batch (what recovery needs).
+        description: what the batch holds, for people (``"3 files, 1.2 MB"``).
+        units: how many source units (files, pages, messages) it holds.
+    """
+
+    data: pa.Table
+    state: dict[str, Any]
+    description: str
+    units: int = 0
+
+
+@dataclass
+class SourceStatus:
+    """What ``lakeforge sources`` shows about a source."""
+
+    kind: str
+    target: str
+    consumed: int
+    pending: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Source(ABC):
+    """An external system read incrementally into one dataset."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, dataset: str, project_root: Path) -> None:
+        self.dataset = dataset
+        self.project_root = project_root
+
+    @abstractmethod
+    def recover(self, committed: Iterable[dict[str, Any]]) -> Any:
+        """The source position after the given commits' states (newest first)."""
+
+    @abstractmethod
+    def fresh(self) -> Any:
+        """The position before anything was read (``--full-refresh`` re-reads everything)."""
+
+    @abstractmethod
+    def pending(self, position: Any) -> str | None:
+        """Why there is something new to read from ``position``, or None."""
+
+    @abstractmethod
+    def batches(self, position: Any) -> Iterator[SourceBatch]:
+        """Batches of what is new from ``position``, in order; each batch's ``state`` moves
+        the position past it."""
+
+    @abstractmethod
+    def status(self, position: Any) -> SourceStatus:
+        """A summary for people."""
