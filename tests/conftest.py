@@ -107,3 +107,43 @@ def postgres_database() -> Iterator[Callable[[], str]]:
 def postgres_url(postgres_database: Callable[[], str]) -> str:
     """URL of an empty PostgreSQL database private to this test session (or xdist worker)."""
     return postgres_database()
+
+
+MARIADB_HOST = "127.0.0.1"
+MARIADB_PORT = 3306
+
+
+@pytest.fixture(scope="session")
+def mariadb_database() -> Iterator[Callable[[], str]]:
+    """A factory creating uniquely named, empty MariaDB databases; returns their URLs."""
+
+    def connect() -> Any:
+        import pymysql
+
+        return pymysql.connect(
+            host=MARIADB_HOST, port=MARIADB_PORT, user="root", password="", connect_timeout=3
+        )
+
+    require_service(f"MariaDB at {MARIADB_HOST}:{MARIADB_PORT}", lambda: connect().close())
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"lf_test_{uuid.uuid4().hex[:12]}"
+        conn = connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE `{name}`")
+        finally:
+            conn.close()
+        created.append(name)
+        return f"mysql+pymysql://root@{MARIADB_HOST}:{MARIADB_PORT}/{name}"
+
+    yield create
+
+    conn = connect()
+    try:
+        with conn.cursor() as cur:
+            for name in created:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        conn.close()

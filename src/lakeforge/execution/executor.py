@@ -568,7 +568,10 @@ class Runner:
             result.rows_in += batch.data.num_rows
             pinned = PinnedTable(SOURCE_INPUT, -1, [pads.dataset(batch.data)])
             data = self.engine.transform(ds, {**inputs, SOURCE_INPUT: pinned}, views, context)
-            target = None if full_refresh and batches == 1 else self.store.version(ds.name)
+            # The first batch replaces the table on --full-refresh, and on every run of a
+            # source that reads everything each time (a full load).
+            replaces = full_refresh or getattr(source, "replaces_table", False)
+            target = None if replaces and batches == 1 else self.store.version(ds.name)
             outcome = self._audit(run_id, ds, data, target, result, gate)
             checks += outcome.results
             for key in ("rows_candidate", "rows_published", "rows_quarantined", "rows_dropped"):

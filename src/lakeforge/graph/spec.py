@@ -24,6 +24,7 @@ from lakeforge.quality.spec import (
     expectations_from,
 )
 from lakeforge.sources.files import FilesConfig
+from lakeforge.sources.sql_db import SqlConfig
 
 Layer = Literal["bronze", "silver", "gold"]
 SchemaEvolution = Literal["add_columns", "fail", "rescue"]
@@ -102,6 +103,9 @@ WriteStrategy = Annotated[
 ]
 
 
+SourceConfig = Annotated[FilesConfig | SqlConfig, Field(discriminator="kind")]
+
+
 class ColumnSpec(_Strict):
     """Documentation and typing of one column."""
 
@@ -129,7 +133,7 @@ class DatasetConfig(_Strict):
     expect: dict[str, Expectation] = Field(default_factory=dict)
     on_violation: Action = "warn"
     checks: list[Check] = Field(default_factory=list)
-    source: FilesConfig | None = None
+    source: SourceConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -155,8 +159,13 @@ class DatasetConfig(_Strict):
     @classmethod
     def _append_from_sources(cls, data: Any) -> Any:
         # A source yields batches of new records: appending them is the natural default.
-        if isinstance(data, dict) and data.get("source") is not None and "write" not in data:
-            return {**data, "write": {"strategy": "append"}}
+        if not isinstance(data, dict) or data.get("source") is None:
+            return data
+        source = data["source"]
+        if isinstance(source, dict) and "kind" not in source:
+            data = {**data, "source": {"kind": "files", **source}}  # files is the default kind
+        if "write" not in data:
+            data = {**data, "write": {"strategy": "append"}}
         return data
 
     @field_validator("write", mode="before")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lakeforge.graph.spec import Dataset
@@ -16,6 +16,7 @@ def source_of(ds: Dataset, project_root: Path) -> Source | None:
     if config is None:
         return None
     from lakeforge.sources.files import FilesSource
+    from lakeforge.sources.sql_db import SqlSource
 
-    kinds = {"files": FilesSource}
+    kinds: dict[str, Any] = {"files": FilesSource, "sql": SqlSource}
     return kinds[config.kind](ds.name, project_root, config)
