@@ -69,9 +69,9 @@ def settings(ctx: typer.Context) -> Settings:
 
 def _register() -> None:
     # The one place commands are registered.
-    from lakeforge.cli import checks, contract, explore, init, maintenance, run, sources
+    from lakeforge.cli import checks, contract, dlq, explore, init, maintenance, run, sources
 
-    for module in (init, run, explore, sources, checks, contract, maintenance):
+    for module in (init, run, explore, sources, dlq, checks, contract, maintenance):
         module.register(app)
 
 

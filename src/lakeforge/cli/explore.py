@@ -26,13 +26,15 @@ def _open(ctx: typer.Context) -> tuple[Project, DeltaStore]:
 
 
 def _lookup(project: Project, name: str) -> Dataset | None:
-    """The dataset called ``name``; None for the quarantine table of a dataset (stored, but
-    not part of the graph). Unknown names fail with a did-you-mean hint."""
-    from lakeforge.storage.write import QUARANTINE_SUFFIX
+    """The dataset called ``name``; None for the quarantine or dead-letter table of a dataset
+    (stored, but not part of the graph). Unknown names fail with a did-you-mean hint."""
+    from lakeforge.storage.write import DLQ_SUFFIX, QUARANTINE_SUFFIX
 
-    base = name.removesuffix(QUARANTINE_SUFFIX)
-    if name not in project.graph and base != name and base in project.graph:
-        return None
+    if name not in project.graph:
+        for suffix in (QUARANTINE_SUFFIX, DLQ_SUFFIX):
+            base = name.removesuffix(suffix)
+            if base != name and base in project.graph:
+                return None
     return project.graph[name]
 
 
@@ -46,7 +48,7 @@ def ls(
 
     from lakeforge.execution.planner import plan
     from lakeforge.graph.selection import select
-    from lakeforge.storage.write import quarantine_table
+    from lakeforge.storage.write import dlq_table, quarantine_table
 
     project, store = _open(ctx)
     names = select(project.graph, selection)
@@ -73,21 +75,25 @@ def ls(
         if state is not None:
             row["rows"] = store.open(name).count()
         rows.append(row)
-        quarantine = quarantine_table(name)
-        if not ds.is_view and store.exists(quarantine):
-            held = store.open(quarantine)
+        for side, kind, what in (
+            (quarantine_table(name), "quarantine", "rows set aside by its expectations"),
+            (dlq_table(name), "dlq", "records its source could not read"),
+        ):
+            if ds.is_view or not store.exists(side):
+                continue
+            held = store.open(side)
             rows.append(
                 {
-                    "name": quarantine,
+                    "name": side,
                     "layer": ds.layer,
-                    "kind": "quarantine",
+                    "kind": kind,
                     "language": None,
-                    "write": "quarantine",
+                    "write": kind,
                     "owner": ds.config.owner,
                     "tags": ds.config.tags,
                     "version": held.version(),
                     "rows": held.count(),
-                    "status": f"rows set aside by {name}'s expectations",
+                    "status": f"{name}: {what}",
                     "reason": None,
                     "location": str(ds.location),
                 }

@@ -30,7 +30,14 @@ from lakeforge.quality.gate import AuditOutcome, audit, check_dependencies, stag
 from lakeforge.sources import source_of
 from lakeforge.sources.base import SOURCE_INPUT, Source
 from lakeforge.storage.delta import CommitInfo, DeltaStore
-from lakeforge.storage.write import clear_quarantine_batch, write_dataset, write_quarantine
+from lakeforge.storage.write import (
+    clear_quarantine_batch,
+    clear_side_batch,
+    dlq_table,
+    write_dataset,
+    write_quarantine,
+    write_side_table,
+)
 
 if TYPE_CHECKING:
     from lakeforge.engines.base import Engine
@@ -493,8 +500,9 @@ class Runner:
         target_version: int | None,
         full_refresh: bool,
         source_state: dict[str, Any] | None = None,
+        rejected: Any = None,
     ) -> None:
-        """Quarantine (if any), then the dataset: the batch's one commit."""
+        """Dead letters and quarantine (if any), then the dataset: the batch's one commit."""
         info = CommitInfo(
             run_id=run_id,
             dataset=ds.name,
@@ -515,6 +523,16 @@ class Runner:
             cleared = clear_quarantine_batch(self.store, ds.name, info)
             if cleared is not None:
                 result.metrics["quarantine_version"] = cleared
+        if rejected is not None and rejected.num_rows:
+            # Dead letters first, for the same reason as the quarantine.
+            result.metrics["dlq_version"] = write_side_table(
+                self.store, dlq_table(ds.name), rejected, info, datetime.now(UTC),
+                at_column="_lf_rejected_at",
+            )  # fmt: skip
+        elif source_state is not None:
+            cleared = clear_side_batch(self.store, dlq_table(ds.name), info)
+            if cleared is not None:
+                result.metrics["dlq_version"] = cleared
         written = write_dataset(
             self.store, ds, outcome.published, info, target_version=target_version, now=run_started
         )
@@ -576,9 +594,11 @@ class Runner:
             checks += outcome.results
             for key in ("rows_candidate", "rows_published", "rows_quarantined", "rows_dropped"):
                 totals[key] = totals.get(key, 0) + int(result.metrics[key])
+            dead = 0 if batch.rejected is None else batch.rejected.num_rows
+            totals["rows_dlq"] = totals.get("rows_dlq", 0) + dead
             self._commit(
                 run_id, run_started, ds, assessment, result, outcome, target, full_refresh,
-                source_state=batch.state,
+                source_state=batch.state, rejected=batch.rejected,
             )  # fmt: skip
         result.checks = checks
         result.metrics.update(totals)

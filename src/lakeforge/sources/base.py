@@ -34,12 +34,15 @@ class SourceBatch:
         state: JSON-able state committed with the batch (what recovery needs).
         description: what the batch holds, for people (``"3 files, 1.2 MB"``).
         units: how many source units (files, pages, messages) it holds.
+        rejected: records that could not be read (``dead_letters.REJECT_SCHEMA``): they go
+            to the dataset's dead-letter queue in the same batch.
     """
 
     data: pa.Table
     state: dict[str, Any]
     description: str
     units: int = 0
+    rejected: pa.Table | None = None
 
 
 @dataclass

@@ -9,7 +9,8 @@ metrics) and ingested again only with ``allow_overwrites``.
 
 Files are read by DuckDB (``read_csv`` / ``read_json`` / ``read_parquet``, gzip and zstd
 included) with ``union_by_name``, so files with different columns land in one batch; the
-write's schema policy then decides what a new column does to the table.
+write's schema policy then decides what a new column does to the table. Records that cannot
+be read go to the dataset's dead-letter queue (``dead_letters.py``) and the batch goes on.
 """
 
 from __future__ import annotations
@@ -224,57 +225,99 @@ class FilesSource(Source):
                 "snapshot": snapshot,
                 "files": {k: list(v) for k, v in files_state.items()},
             }
+            data, rejected = self._read(group)
             yield SourceBatch(
-                data=self._read(group),
+                data=data,
+                rejected=rejected,
                 state=state,
                 description=f"{len(group)} file(s), {size:,} bytes",
                 units=len(group),
             )
 
-    def _read(self, group: list[_Found]) -> Any:
+    def _read(self, group: list[_Found]) -> tuple[Any, Any]:
+        """(records, rejected records) of the group's files.
+
+        One DuckDB read of every file first (CSV: each file with reject capture); if it
+        fails, each file alone, and within a file that fails, record by record
+        (``dead_letters``): what cannot be read goes to the dead-letter queue with its raw
+        bytes, the error and its file and line, and the rest of the batch goes on.
+        """
         import duckdb
+        import pyarrow as pa
+
+        from lakeforge.sources import dead_letters
 
         readable = [f for f in group if f.size > 0]  # an empty file holds no records
         con = duckdb.connect()
         try:
             if not readable:
-                return self._empty(con)
-            reader = {
-                "csv": "read_csv",
-                "ndjson": "read_json",
-                "json": "read_json",
-                "parquet": "read_parquet",
-            }[self.format]
-            options = dict(self.config.options)
-            if self.format == "ndjson":
-                options.setdefault("format", "newline_delimited")
-            args = "".join(f", {k} := {_literal(v)}" for k, v in options.items())
-            prefix = str(self.project_root).rstrip("/") + "/"
-            file_col = self.config.file_column
-            select = "* EXCLUDE (filename)"
-            if file_col:
-                select += f", replace(filename, $prefix, '') AS {_quote(file_col)}"
-            sql = (
-                f"SELECT {select} FROM {reader}($files, filename := true, "
-                f"union_by_name := true{args})"
-            )
-            try:
-                params: dict[str, Any] = {"files": [f.full for f in readable]}
-                if file_col:
-                    params["prefix"] = prefix
-                return con.execute(sql, params).to_arrow_table()
-            except duckdb.Error as exc:
-                raise SourceError(
-                    f"{self.dataset}: reading {len(readable)} file(s) failed: "
-                    f"{str(exc).splitlines()[0]}",
-                    dataset=self.dataset,
-                    hint="check the files and the source's format/options; the batch was "
-                    "not committed, so the next run reads these files again",
-                ) from None
+                return self._empty(), None
+            # CSV always goes file by file through DuckDB's reject capture: without it the
+            # sniffer, faced with one malformed row, may settle on another delimiter and
+            # read the whole file into one column — silently.
+            if self.format != "csv":
+                try:
+                    return self._read_files(con, [f.full for f in readable]), None
+                except duckdb.Error:
+                    pass
+            parts, rejected = [], []
+            for f in readable:
+                error = "the batch read failed"
+                if self.format != "csv":
+                    try:
+                        parts.append(self._read_files(con, [f.full]))
+                        continue
+                    except duckdb.Error as exc:
+                        error = str(exc).splitlines()[0]
+
+                def read_one(path: str, extra: dict[str, Any], shown: str = f.full) -> Any:
+                    return self._read_files(con, [path], extra, display=shown)
+
+                good, bad = dead_letters.salvage(
+                    con, f.full, f.path, self.format, self.config.options, error, read_one
+                )
+                if good is not None:
+                    parts.append(good)
+                rejected.append(bad)
+            data = dead_letters.unify(parts) if parts else self._empty()
+            return data, pa.concat_tables(rejected) if rejected else None
         finally:
             con.close()
 
-    def _empty(self, con: Any) -> Any:
+    def _read_files(
+        self,
+        con: Any,
+        paths: list[str],
+        extra: dict[str, Any] | None = None,
+        display: str | None = None,
+    ) -> Any:
+        """One DuckDB read of ``paths`` (raises duckdb.Error). ``display`` names the file
+        in the file column when ``paths`` is a stand-in (salvaged records of a file)."""
+        reader = {
+            "csv": "read_csv",
+            "ndjson": "read_json",
+            "json": "read_json",
+            "parquet": "read_parquet",
+        }[self.format]
+        options = {**self.config.options, **(extra or {})}
+        if self.format == "ndjson":
+            options.setdefault("format", "newline_delimited")
+        args = "".join(f", {k} := {_literal(v)}" for k, v in options.items())
+        file_col = self.config.file_column
+        select = "* EXCLUDE (filename)"
+        params: dict[str, Any] = {"files": paths}
+        if file_col:
+            select += f", replace($shown, $prefix, '') AS {_quote(file_col)}"
+            params["prefix"] = str(self.project_root).rstrip("/") + "/"
+        if file_col and display is None:
+            select = select.replace("$shown", "filename")
+        elif file_col:
+            params["shown"] = display
+        union = "" if options.get("store_rejects") else ", union_by_name := true"
+        sql = f"SELECT {select} FROM {reader}($files, filename := true{union}{args})"
+        return con.execute(sql, params).to_arrow_table()
+
+    def _empty(self) -> Any:
         import pyarrow as pa
 
         fields = [pa.field(self.config.file_column, pa.string())] if self.config.file_column else []

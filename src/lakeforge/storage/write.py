@@ -163,7 +163,6 @@ def partition_predicate(data: pa.Table, columns: list[str]) -> str:
 
 
 QUARANTINE_SUFFIX = "__quarantine"
-QUARANTINE_COLUMNS = ("_lf_run_id", "_lf_batch", "_lf_quarantined_at")
 
 
 def quarantine_table(dataset: str) -> str:
@@ -181,17 +180,40 @@ def write_quarantine(
     the batch is built again; and a batch whose rows were quarantined is never committed
     without them.
     """
+    return write_side_table(
+        store, quarantine_table(dataset), rows, info, at, at_column="_lf_quarantined_at"
+    )
+
+
+DLQ_SUFFIX = "__dlq"
+
+
+def dlq_table(dataset: str) -> str:
+    """The table holding the records ``dataset``'s source could not read."""
+    return dataset + DLQ_SUFFIX
+
+
+def write_side_table(
+    store: DeltaStore,
+    name: str,
+    rows: pa.Table,
+    info: CommitInfo,
+    at: datetime,
+    *,
+    at_column: str,
+) -> int:
+    """Commit rows set aside from batch ``info.batch`` (quarantine, dead letters) to ``name``,
+    replacing whatever an earlier attempt of the same batch left there."""
     import pyarrow as pa
 
-    name = quarantine_table(dataset)
     data = normalize_for_delta(rows, name)
     n = data.num_rows
     data = (
         data.append_column("_lf_run_id", pa.array([info.run_id] * n, pa.string()))
         .append_column("_lf_batch", pa.array([info.batch] * n, pa.int64()))
-        .append_column("_lf_quarantined_at", pa.array([at] * n, pa.timestamp("us", tz="UTC")))
+        .append_column(at_column, pa.array([at] * n, pa.timestamp("us", tz="UTC")))
     )
-    qinfo = CommitInfo(
+    side = CommitInfo(
         run_id=info.run_id,
         dataset=name,
         fingerprint=info.fingerprint,
@@ -199,11 +221,11 @@ def write_quarantine(
         input_versions=info.input_versions,
     )
     if not store.exists(name):
-        return store.write(name, data, qinfo, mode="overwrite")
+        return store.write(name, data, side, mode="overwrite")
     return store.write(
         name,
         data,
-        qinfo,
+        side,
         mode="overwrite",
         schema_mode="merge",
         predicate=f"_lf_batch = {int(info.batch)}",
@@ -216,10 +238,14 @@ def clear_quarantine_batch(store: DeltaStore, dataset: str, info: CommitInfo) ->
     Called when the batch being published quarantines nothing: its quarantine must then hold
     nothing either. Returns the new version, or None when there was nothing to remove.
     """
+    return clear_side_batch(store, quarantine_table(dataset), info)
+
+
+def clear_side_batch(store: DeltaStore, name: str, info: CommitInfo) -> int | None:
+    """Remove the rows of batch ``info.batch`` from side table ``name`` (None: none there)."""
     import pyarrow as pa
     import pyarrow.dataset as pads
 
-    name = quarantine_table(dataset)
     if not store.exists(name):
         return None
     pinned = store.read(name)
