@@ -11,9 +11,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import bronze_load, checks, merge, pipeline
+from bench import bronze_load, checks, ingest, merge, pipeline
 
-BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (bronze_load, merge, pipeline, checks)}
+BENCHMARKS: dict[str, ModuleType] = {
+    m.NAME: m for m in (bronze_load, merge, pipeline, checks, ingest)
+}
 TARGET_RATIO = 1.3  # unless a benchmark module sets its own
 
 
