@@ -142,12 +142,11 @@ def test_empty_files_and_formats(tmp_path: Path) -> None:
         fh.write("id,v\n1,x\n2,y\n")
     (root / "landing/empty.csv.gz").write_bytes(b"")
     assert run(root).ok and ids(root) == [1, 2]
-    assert (
-        json.loads(CliRunner().invoke(app, ["-C", str(root), "sources", "--json"]).output)[0][
-            "consumed"
-        ]
-        == 2
-    )
+    listed = CliRunner().invoke(app, ["-C", str(root), "sources", "--json"]).output
+    assert json.loads(listed)[0]["consumed"] == 1  # an empty file is not read (yet)
+    with gzip.open(root / "landing/empty.csv.gz", "wt") as fh:
+        fh.write("id,v\n3,z\n")  # it got its content: now it is read
+    assert run(root).ok and ids(root) == [1, 2, 3]
 
     pq_root = project(tmp_path / "pq", ext="parquet")
     (pq_root / "landing").mkdir()
@@ -227,3 +226,29 @@ def test_ledger_recovers_from_snapshots_and_deltas(
     ledger = source.recover(states)
     assert sorted(ledger.files) == [f"landing/f{n}.ndjson" for n in range(1, 9)]
     assert source.pending(ledger) is None and ids(root) == list(range(1, 9))
+
+
+def test_published_batches_keep_their_check_results_when_a_later_one_is_blocked(
+    tmp_path: Path,
+) -> None:
+    from lakeforge.metadata.store import MetadataStore
+
+    root = project(tmp_path, per_batch=1, more="checks:\n  - {type: range, column: id, max: 10}\n")
+    land(root, "a.ndjson", [1], tick=1)
+    land(root, "b.ndjson", [99], tick=2)
+    result = run(root)
+    assert not result.ok and "the 1 batch(es) before it were" in str(result.tasks[0].error)
+    with MetadataStore(load_project(root).metadata_url) as meta:
+        recorded = meta.list_check_results(run_id=result.run_id)
+    assert sorted((r.status, r.published) for r in recorded) == [("fail", False), ("pass", True)]
+
+
+def test_a_data_column_named_filename_and_gzip_suffixes(tmp_path: Path) -> None:
+    root = project(tmp_path, ext="ndjson.gzip", extra=", format: ndjson")
+    (root / "landing").mkdir()
+    with gzip.open(root / "landing" / "a.ndjson.gzip", "wb") as fh:
+        fh.write(b'{"id": 1, "filename": "invoice.pdf"}\n')
+    result = run(root)
+    assert result.ok, [str(t.error) for t in result.tasks]
+    row = DeltaStore(str(root / "lakehouse")).read("raw").to_table().to_pylist()[0]
+    assert row["filename"] == "invoice.pdf" and row["_source_file"] == "landing/a.ndjson.gzip"

@@ -125,8 +125,12 @@ def test_lookback_rereads_late_rows_and_merge_keeps_one(tmp_path: Path) -> None:
     insert(db, [(1, 1.0, 10), (2, 2.0, 20)])
     run(tmp_path)
     insert(db, [(3, 3.0, 17)])  # arrived late: below the watermark, inside the lookback
+    # A late row alone does not make the table stale; the next run (here: a new row) re-reads
+    # the lookback window and picks it up.
+    assert [a.stale for a in Runner(load_project(tmp_path)).plan()] == [False]
+    insert(db, [(4, 4.0, 25)])
     run(tmp_path)
-    assert [r[0] for r in loaded(tmp_path)] == [1, 2, 3]
+    assert [r[0] for r in loaded(tmp_path)] == [1, 2, 3, 4]
 
 
 def test_errors_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,3 +171,28 @@ def test_url_env_is_read_at_run_time(tmp_path: Path, monkeypatch: pytest.MonkeyP
         config.resolved_url("raw")
     monkeypatch.setenv("LF_TEST_DB", "sqlite://")
     assert config.resolved_url("raw") == "sqlite://"
+
+
+def test_a_full_load_is_one_commit_and_an_empty_source_empties_the_table(tmp_path: Path) -> None:
+    db = setup(tmp_path, ", chunk_rows: 1")
+    insert(db, [(1, 1.0, 1), (2, 2.0, 2), (3, 3.0, 3)])
+    store = DeltaStore(str(tmp_path / "lakehouse"))
+    run(tmp_path)
+    assert store.version("raw_orders") == 0  # one commit, however many chunks
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM orders")
+    con.commit()
+    con.close()
+    run(tmp_path)
+    assert loaded(tmp_path) == []
+
+
+def test_lookback_alone_does_not_make_the_table_stale(tmp_path: Path) -> None:
+    db = setup(
+        tmp_path,
+        ", cursor: seq, lookback: 5",
+        write="write: {strategy: merge, keys: [id], sequence_by: seq}\n",
+    )
+    insert(db, [(1, 1.0, 10)])
+    run(tmp_path)
+    assert [a.stale for a in Runner(load_project(tmp_path)).plan()] == [False]

@@ -77,6 +77,7 @@ class TaskResult:
     traceback: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     checks: list[CheckResult] = field(default_factory=list)
+    checks_recorded: int = 0  # leading results already stored (batches published earlier)
     task_id: int | None = None
 
     @property
@@ -389,6 +390,7 @@ class Runner:
             started,
             fingerprint=assessment.fingerprint,
         )
+        result.task_id = task_id
         attempt = 0
         while True:
             attempt += 1
@@ -427,7 +429,8 @@ class Runner:
             error=str(result.error) if result.error else None,
             metrics=result.metrics,
         )
-        if result.checks:
+        unrecorded = result.checks[result.checks_recorded :]
+        if unrecorded:
             self.metadata.record_check_results(
                 [
                     c.to_record(
@@ -437,7 +440,7 @@ class Runner:
                         published=result.status == "success",
                         at=result.finished_at,
                     )
-                    for c in result.checks
+                    for c in unrecorded
                 ]
             )
         self._log(run_id, result)
@@ -567,22 +570,49 @@ class Runner:
         context: TransformContext,
     ) -> None:
         """Read what is new from the source, one commit per batch (state in the commit)."""
-        import pyarrow.dataset as pads
-
-        from lakeforge.storage.delta import PinnedTable
-
         if full_refresh:
             position = source.fresh()
         else:
             committed = self.store.commit_infos(ds.name)
             position = source.recover(i.source_state for i in committed if i.source_state)
-        totals: dict[str, int] = {}
-        checks: list[Any] = []
-        batches = units = 0
+        totals: dict[str, Any] = {}
         result.rows_in = 0
-        for batch in source.batches(position):
-            batches += 1
-            units += batch.units
+        try:
+            self._read_batches(run_id, run_started, ds, assessment, full_refresh, result, gate,
+                               source, position, inputs, views, context, totals)  # fmt: skip
+        finally:
+            result.metrics.update(totals)
+        result.metrics["checks"] = dict(Counter(c.status for c in result.checks))
+        changed = getattr(source, "changed", None)
+        if changed is not None:
+            result.metrics["source"]["changed_files"] = changed(position)
+        if result.metrics["source"]["batches"] == 0:
+            result.reason += " (nothing new to read)"
+
+    def _read_batches(
+        self,
+        run_id: str,
+        run_started: datetime,
+        ds: Any,
+        assessment: Assessment,
+        full_refresh: bool,
+        result: TaskResult,
+        gate: bool,
+        source: Source,
+        position: Any,
+        inputs: dict[str, Any],
+        views: list[Any],
+        context: TransformContext,
+        totals: dict[str, Any],
+    ) -> None:
+        import pyarrow.dataset as pads
+
+        from lakeforge.storage.delta import PinnedTable
+
+        totals["source"] = {"batches": 0, "units": 0}
+        for batches, batch in enumerate(source.batches(position), start=1):
+            totals["source"]["batches"] = batches
+            totals["source"]["units"] += batch.units
             result.rows_in += batch.data.num_rows
             pinned = PinnedTable(SOURCE_INPUT, -1, [pads.dataset(batch.data)])
             data = self.engine.transform(ds, {**inputs, SOURCE_INPUT: pinned}, views, context)
@@ -590,8 +620,10 @@ class Runner:
             # source that reads everything each time (a full load).
             replaces = full_refresh or getattr(source, "replaces_table", False)
             target = None if replaces and batches == 1 else self.store.version(ds.name)
-            outcome = self._audit(run_id, ds, data, target, result, gate)
-            checks += outcome.results
+            unpublished = f"this batch ({batch.description}) was not published"
+            if batches > 1:
+                unpublished += f"; the {batches - 1} batch(es) before it were"
+            outcome = self._audit(run_id, ds, data, target, result, gate, unpublished)
             for key in ("rows_candidate", "rows_published", "rows_quarantined", "rows_dropped"):
                 totals[key] = totals.get(key, 0) + int(result.metrics[key])
             dead = 0 if batch.rejected is None else batch.rejected.num_rows
@@ -600,15 +632,16 @@ class Runner:
                 run_id, run_started, ds, assessment, result, outcome, target, full_refresh,
                 source_state=batch.state, rejected=batch.rejected,
             )  # fmt: skip
-        result.checks = checks
-        result.metrics.update(totals)
-        result.metrics["checks"] = dict(Counter(c.status for c in checks))
-        result.metrics["source"] = {"batches": batches, "units": units}
-        changed = getattr(source, "changed", None)
-        if changed is not None:
-            result.metrics["source"]["changed_files"] = changed(position)
-        if batches == 0:
-            result.reason += " (nothing new to read)"
+            # This batch is published: its results are final whatever later batches do.
+            at = datetime.now(UTC)
+            self.metadata.record_check_results(
+                [
+                    c.to_record(run_id=run_id, task_id=result.task_id, dataset=ds.name,
+                                published=True, at=at)
+                    for c in outcome.results
+                ]
+            )  # fmt: skip
+            result.checks_recorded = len(result.checks)
 
     def _audit(
         self,
@@ -618,6 +651,7 @@ class Runner:
         target_version: int | None,
         result: TaskResult,
         gate: bool,
+        unpublished: str = "nothing published",
     ) -> AuditOutcome:
         """Expectations and checks on the candidate; raises when the gate blocks it."""
         outcome = audit(
@@ -632,7 +666,7 @@ class Runner:
             ),
             sample_size=self.project.config.quality.sample_rows,
         )
-        result.checks = outcome.results
+        result.checks = [*result.checks[: result.checks_recorded], *outcome.results]
         result.metrics.update(
             {
                 "rows_candidate": outcome.rows_in,
@@ -651,7 +685,7 @@ class Runner:
             shown = "; ".join(f"{r.name}: {r.message}" for r in blocking[:3])
             more = f" (+{len(blocking) - 3} more)" if len(blocking) > 3 else ""
             raise QualityGateFailed(
-                f"{ds.name}: {len(blocking)} blocking check(s) failed, nothing published — "
+                f"{ds.name}: {len(blocking)} blocking check(s) failed, {unpublished} — "
                 f"{shown}{more}",
                 dataset=ds.name,
                 location=ds.location,

@@ -137,6 +137,8 @@ def task_checks(task: TaskResult) -> str:
         held.append(f"{task.metrics['rows_quarantined']:,} quarantined")
     if task.metrics.get("rows_dropped"):
         held.append(f"{task.metrics['rows_dropped']:,} dropped")
+    if task.metrics.get("rows_dlq"):
+        held.append(f"{task.metrics['rows_dlq']:,} dead letters")
     if held:
         parts.append(f"[dim]({', '.join(held)})[/]")
     return " ".join(parts)

@@ -31,6 +31,7 @@ from lakeforge.sources.base import Source, SourceBatch, SourceStatus
 FileFormat = Literal["csv", "ndjson", "json", "parquet"]
 SNAPSHOT_LIMIT = 5000  # ledger entries up to which every commit carries the whole ledger
 SNAPSHOT_EVERY = 50
+_FILE = "__lf_file"
 _OPTION = re.compile(r"^[a-z_][a-z0-9_]*$")
 _EXTENSIONS: dict[str, FileFormat] = {
     ".csv": "csv",
@@ -84,7 +85,7 @@ class FilesConfig(BaseModel):
                 raise ValueError(f"reader option {key!r} is not a valid option name")
         return value
 
-    def file_format(self) -> FileFormat:
+    def file_format(self, dataset: str | None = None) -> FileFormat:
         if self.format is not None:
             return self.format
         name = self.path.lower()
@@ -94,8 +95,10 @@ class FilesConfig(BaseModel):
             if name.endswith(ext):
                 return fmt
         raise ConfigError(
-            f"cannot tell the format of {self.path!r} from its extension",
-            hint="set format: csv, ndjson, json or parquet",
+            f"{dataset + ': ' if dataset else ''}cannot tell the format of {self.path!r} "
+            "from its extension",
+            dataset=dataset,
+            hint="set the source's format: csv, ndjson, json or parquet",
         )
 
 
@@ -124,7 +127,7 @@ class FilesSource(Source):
     def __init__(self, dataset: str, project_root: Path, config: FilesConfig) -> None:
         super().__init__(dataset, project_root)
         self.config = config
-        self.format = config.file_format()
+        self.format = config.file_format(dataset)
 
     # -- position -------------------------------------------------------------------------
 
@@ -163,7 +166,9 @@ class FilesSource(Source):
                 st = os.stat(path)
             except OSError:
                 continue  # vanished between listing and stat: seen next time if it returns
-            if not os.path.isfile(path):
+            if not os.path.isfile(path) or st.st_size == 0:
+                # Empty: nothing to read yet (often still being written). It counts as new
+                # once it has content.
                 continue
             rel = os.path.relpath(path, self.project_root)
             found.append(_Found(rel, path, st.st_size, st.st_mtime_ns))
@@ -186,7 +191,12 @@ class FilesSource(Source):
         new, _ = self._split(position)
         if not new:
             return None
-        return f"{len(new)} new file(s)" if len(new) != 1 else f"new file {new[0].path}"
+        seen = position.files
+        if len(new) == 1:
+            what = "changed file" if new[0].path in seen else "new file"
+            return f"{what} {new[0].path}"
+        changed = sum(1 for f in new if f.path in seen)
+        return f"{len(new) - changed} new file(s)" + (f", {changed} changed" if changed else "")
 
     def changed(self, position: Any) -> list[str]:
         """Files already ingested that changed since (reported, not re-read)."""
@@ -302,19 +312,24 @@ class FilesSource(Source):
         options = {**self.config.options, **(extra or {})}
         if self.format == "ndjson":
             options.setdefault("format", "newline_delimited")
+        lowered = self.config.path.lower()
+        if self.format != "parquet" and lowered.endswith((".gzip", ".zstd")):
+            # DuckDB recognises .gz and .zst by name only.
+            options.setdefault("compression", "gzip" if lowered.endswith(".gzip") else "zstd")
         args = "".join(f", {k} := {_literal(v)}" for k, v in options.items())
         file_col = self.config.file_column
-        select = "* EXCLUDE (filename)"
+        # DuckDB's file-name column under a name no data column has.
+        select = f"* EXCLUDE ({_FILE})"
         params: dict[str, Any] = {"files": paths}
         if file_col:
             select += f", replace($shown, $prefix, '') AS {_quote(file_col)}"
             params["prefix"] = str(self.project_root).rstrip("/") + "/"
         if file_col and display is None:
-            select = select.replace("$shown", "filename")
+            select = select.replace("$shown", _FILE)
         elif file_col:
             params["shown"] = display
         union = "" if options.get("store_rejects") else ", union_by_name := true"
-        sql = f"SELECT {select} FROM {reader}($files, filename := true{union}{args})"
+        sql = f"SELECT {select} FROM {reader}($files, filename := '{_FILE}'{union}{args})"
         return con.execute(sql, params).to_arrow_table()
 
     def _empty(self) -> Any:

@@ -124,8 +124,9 @@ class SqlSource(Source):
         if self._engine is None:
             import sqlalchemy as sa
 
+            url = self.config.resolved_url(self.dataset)  # its own clear error when unset
             try:
-                self._engine = sa.create_engine(self.config.resolved_url(self.dataset))
+                self._engine = sa.create_engine(url)
             except Exception as exc:  # a malformed URL or a missing driver
                 raise SourceError(
                     f"{self.dataset}: cannot use the database URL: {exc}",
@@ -134,7 +135,9 @@ class SqlSource(Source):
                 ) from None
         return self._engine
 
-    def _select(self, position: Position | None) -> tuple[Any, dict[str, Any]]:
+    def _select(
+        self, position: Position | None, *, lookback: bool = True
+    ) -> tuple[Any, dict[str, Any]]:
         import sqlalchemy as sa
 
         relation: Any
@@ -149,7 +152,11 @@ class SqlSource(Source):
         if cursor is not None:
             col: Any = sa.column(cursor)
             if position is not None and position.watermark is not None:
-                low = _minus(position.watermark, self.config.lookback)
+                low = (
+                    _minus(position.watermark, self.config.lookback)
+                    if lookback
+                    else position.watermark
+                )
                 query = query.where(col >= sa.bindparam("low"))
                 params["low"] = low
             query = query.order_by(col)
@@ -180,7 +187,9 @@ class SqlSource(Source):
             return "full load"
         import sqlalchemy as sa
 
-        query, params = self._select(position)
+        # Staleness looks for rows past what was read; the lookback window is re-read when a
+        # run happens, but alone it does not make the table stale (it always has rows).
+        query, params = self._select(position, lookback=False)
         probe = sa.select(sa.func.count()).select_from(query.order_by(None).subquery())
         try:
             with self._connect().connect() as conn:
@@ -191,8 +200,6 @@ class SqlSource(Source):
                 dataset=self.dataset,
             ) from None
         fresh = found - (len(position.at_watermark) if position.watermark is not None else 0)
-        if self.config.lookback is not None and position.watermark is not None:
-            return f"new rows since {position.watermark!r} (with lookback)" if found else None
         return f"{fresh} new row(s)" if fresh > 0 else None
 
     def batches(self, position: Any) -> Iterator[SourceBatch]:
@@ -218,10 +225,23 @@ class SqlSource(Source):
                 watermark, at_mark = pos.watermark, set(pos.at_watermark)
                 skip_seen = watermark is not None and self.config.lookback is None
                 loads = pos.loads + 1
+                loaded = False
                 while True:
-                    rows = result.fetchmany(self.config.chunk_rows)
+                    # A full load replaces the table: one batch, one commit, so readers never
+                    # see a table half replaced. Incremental loads commit chunk by chunk.
+                    rows = (
+                        result.fetchall()
+                        if cursor is None
+                        else result.fetchmany(self.config.chunk_rows)
+                    )
                     if not rows:
+                        if cursor is None and not loaded:
+                            # The source is empty: the full load makes the table empty too.
+                            data = _to_arrow([], names, schema)
+                            empty: dict[str, Any] = {"kind": self.kind, "loads": loads}
+                            yield SourceBatch(data, empty, "0 rows (source is empty)")
                         break
+                    loaded = True
                     kept = []
                     for row in rows:
                         if skip_seen and cursor is not None:
@@ -242,7 +262,7 @@ class SqlSource(Source):
                     if not kept:
                         continue  # every row of the chunk was read before: nothing to commit
                     data = _to_arrow(kept, names, schema)
-                    state = {
+                    state: dict[str, Any] = {
                         "kind": self.kind,
                         "watermark": _encode(watermark),
                         "at_watermark": sorted(at_mark),
