@@ -260,7 +260,7 @@ def test_checks_status_filter_applies_to_the_latest_result(project: Path) -> Non
     assert "positive_amount" not in [r["name"] for r in json.loads(warned.output)]
     bogus = runner.invoke(app, ["-C", str(project), "checks", "--status", "bad"])
     assert bogus.exit_code == 1 and "unknown status" in bogus.output
-    prefix = runner.invoke(app, ["-C", str(project), "checks", "show", first.run_id[:17], "--json"])
+    prefix = runner.invoke(app, ["-C", str(project), "checks", "show", first.run_id[:20], "--json"])
     assert prefix.exit_code == 0 and json.loads(prefix.output)["run_id"] == first.run_id
     assert json.loads(prefix.output)["results"] > 0
 

@@ -31,6 +31,7 @@ def dlq_ls(
 ) -> None:
     """Datasets with dead letters: how many, from how many files, the newest error."""
     from lakeforge.engines.duckdb import DuckDBEngine
+    from lakeforge.sources.replay import pending_dead_letters
     from lakeforge.storage.write import dlq_table
 
     project, store = _open(ctx)
@@ -49,7 +50,8 @@ def dlq_ls(
             )
             .to_pylist()[0]
         )
-        rows.append({"dataset": name, "table": table, **summary})
+        to_replay = len(pending_dead_letters(store, name))
+        rows.append({"dataset": name, "table": table, **summary, "to_replay": to_replay})
     if as_json:
         print_json(rows)
         return
@@ -57,12 +59,13 @@ def dlq_ls(
         console.print("no dead letters")
         return
     out = Table(title="dead-letter queues", title_justify="left")
-    for col in ("dataset", "records", "files", "newest", "newest error"):
+    for col in ("dataset", "records", "to replay", "files", "newest", "newest error"):
         out.add_column(col, overflow="fold")
     for r in rows:
         out.add_row(
             r["dataset"],
             f"{r['records']:,}",
+            f"{r['to_replay']:,}",
             f"{r['files']:,}",
             str(r["newest"] or ""),
             str(r["newest_error"] or ""),
@@ -90,6 +93,11 @@ def dlq_show(
         else:
             console.print(f"{dataset} has no dead letters")
         return
+    import pyarrow as pa
+
+    from lakeforge.sources.replay import dead_letter_id, replayed_ids
+
+    done = replayed_ids(i.source_state for i in store.commit_infos(dataset) if i.source_state)
     data = DuckDBEngine(project.root).query(
         "SELECT source_file, line, error, raw_text, _lf_run_id AS run_id, _lf_batch AS batch, "
         "_lf_rejected_at AS rejected_at FROM dlq "
@@ -97,10 +105,70 @@ def dlq_show(
         {"dlq": store.read(table)},
         limit=limit,
     )
+    marks = [
+        dead_letter_id(b, f, n) in done
+        for b, f, n in zip(
+            data.column("batch").to_pylist(),
+            data.column("source_file").to_pylist(),
+            data.column("line").to_pylist(),
+            strict=True,
+        )
+    ]
+    data = data.append_column("replayed", pa.array(marks, pa.bool_()))
     if as_json:
         print_json(arrow_records(data))
         return
     console.print(arrow_table(data, title=f"{table} ({data.num_rows} shown)"))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ctx: typer.Context,
+    dataset: str = typer.Argument(..., help="The dataset whose dead letters to re-ingest."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run result as JSON."),
+) -> None:
+    """Re-ingest dead letters (e.g. after fixing the reader options), exactly once.
+
+    Records that now read go through the dataset's transform, checks and write as one
+    batch, whose commit marks them replayed; the others stay in the queue.
+    """
+    from lakeforge.execution.executor import Runner
+    from lakeforge.sources.replay import replay_source
+
+    project, store = _open(ctx)
+    source = replay_source(project, store, dataset)
+    if not source.letters:
+        if as_json:
+            print_json({"dataset": dataset, "replayed": 0, "still_unreadable": 0})
+        else:
+            console.print(f"{dataset}: no dead letters to replay")
+        return
+    result = Runner(project).run(dataset, replay={dataset: source})
+    task = result.tasks[0]
+    replayed = (
+        int(task.metrics.get("source", {}).get("units", 0)) if task.status == "success" else 0
+    )
+    summary = {
+        "dataset": dataset,
+        "run_id": result.run_id,
+        "status": task.status,
+        "replayed": replayed,
+        "still_unreadable": len(source.still_unreadable),
+        "error": str(task.error) if task.error else None,
+    }
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(
+            f"{dataset}: {replayed} dead letter(s) replayed, "
+            f"{len(source.still_unreadable)} still unreadable (run {result.run_id})"
+        )
+        if task.error is not None:
+            from lakeforge.cli.output import print_error
+
+            print_error(task.error, debug=False)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -151,6 +151,20 @@ class RunResult:
         }
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run treats its tasks.
+
+    Attributes:
+        gate: blocking checks stop a publish (``--no-gate`` turns it off).
+        replay: dataset → a source whose batches are ingested whatever the plan says (used
+            to re-ingest dead letters).
+    """
+
+    gate: bool = True
+    replay: dict[str, Any] = field(default_factory=dict)
+
+
 class RunListener(Protocol):
     """Receives progress events (the CLI's progress display implements it)."""
 
@@ -212,6 +226,7 @@ class Runner:
         dry_run: bool = False,
         threads: int | None = None,
         gate: bool = True,
+        replay: dict[str, Any] | None = None,
     ) -> RunResult:
         """Build what is stale in ``selection`` (everything when empty).
 
@@ -237,7 +252,8 @@ class Runner:
             started_at=started,
             options={"gate": gate},
         )
-        results = self._execute(run_id, started, names, full_refresh, threads, gate)
+        opts = RunOptions(gate=gate, replay=dict(replay or {}))
+        results = self._execute(run_id, started, names, full_refresh, threads, opts)
         failed = any(r.status in ("failed", "upstream_failed") for r in results.values())
         status = "failed" if failed else "success"
         finished = datetime.now(UTC)
@@ -271,7 +287,7 @@ class Runner:
         names: list[str],
         full_refresh: bool,
         threads: int | None,
-        gate: bool,
+        opts: RunOptions,
     ) -> dict[str, TaskResult]:
         selected = set(names)
         pending = {n: {u for u in self.graph[n].inputs if u in selected} for n in names}
@@ -300,7 +316,7 @@ class Runner:
                         results[name] = self._record_skip(run_id, name, failed_up)
                         self._release(name, pending)
                         continue
-                    task = pool.submit(self._task, run_id, started, name, full_refresh, gate)
+                    task = pool.submit(self._task, run_id, started, name, full_refresh, opts)
                     running[task] = name
                 if not running:
                     continue
@@ -329,7 +345,7 @@ class Runner:
         return result
 
     def _task(
-        self, run_id: str, run_started: datetime, name: str, full_refresh: bool, gate: bool
+        self, run_id: str, run_started: datetime, name: str, full_refresh: bool, opts: RunOptions
     ) -> TaskResult:
         ds = self.graph[name]
         started = datetime.now(UTC)
@@ -341,7 +357,7 @@ class Runner:
             self.listener.on_task_end(result)
             return result
         with DatasetLock(self.project.root / STATE_DIR, name):
-            return self._locked_task(run_id, run_started, ds, full_refresh, started, gate)
+            return self._locked_task(run_id, run_started, ds, full_refresh, started, opts)
 
     def _locked_task(
         self,
@@ -350,12 +366,14 @@ class Runner:
         ds: Any,
         full_refresh: bool,
         started: datetime,
-        gate: bool,
+        opts: RunOptions,
     ) -> TaskResult:
         name = ds.name
         assessment = assess(
             ds, self.graph, self.store, self.project.root, full_refresh=full_refresh
         )
+        if name in opts.replay:
+            assessment.stale, assessment.reasons = True, [opts.replay[name].reason]
         if not assessment.stale:
             result = TaskResult(
                 name,
@@ -396,7 +414,7 @@ class Runner:
             attempt += 1
             result.attempts = attempt
             try:
-                self._build(run_id, run_started, ds, assessment, full_refresh, result, gate)
+                self._build(run_id, run_started, ds, assessment, full_refresh, result, opts)
                 result.status = "success"
                 break
             except LakeforgeError as exc:
@@ -455,7 +473,7 @@ class Runner:
         assessment: Assessment,
         full_refresh: bool,
         result: TaskResult,
-        gate: bool,
+        opts: RunOptions,
     ) -> None:
         # Pin every input at task start: the whole task reads one consistent snapshot.
         pinned: dict[str, int] = {}
@@ -482,7 +500,8 @@ class Runner:
             vars=dict(self.project.config.vars),
         )
         views = [self.graph[v] for v in self.graph.views_needed(ds.name)]
-        source = source_of(ds, self.project.root)
+        gate = opts.gate
+        source = opts.replay.get(ds.name) or source_of(ds, self.project.root)
         if source is not None:
             self._ingest(run_id, run_started, ds, assessment, full_refresh, result, gate,
                          source, inputs, views, context)  # fmt: skip

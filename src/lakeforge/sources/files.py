@@ -135,7 +135,8 @@ class FilesSource(Source):
         deltas: list[dict[str, Any]] = []
         base: dict[str, Any] = {}
         for state in committed:  # newest first
-            if state.get("kind") != self.kind:
+            # A dead-letter replay that re-read whole files records their new signatures.
+            if state.get("kind") not in (self.kind, "dlq_replay"):
                 continue
             if state.get("snapshot"):
                 base = state.get("files", {})
