@@ -8,6 +8,7 @@ from __future__ import annotations
 from lakeforge.graph.decorators import table, view
 from lakeforge.graph.spec import SCD2, Append, ColumnSpec, Merge, Overwrite, ReplacePartitions
 from lakeforge.sources.files import FilesConfig as files
+from lakeforge.sources.rest import RestConfig as rest
 from lakeforge.sources.sql_db import SqlConfig as database
 
 __version__ = "0.1.0"
@@ -22,6 +23,7 @@ __all__ = [
     "__version__",
     "database",
     "files",
+    "rest",
     "table",
     "view",
 ]

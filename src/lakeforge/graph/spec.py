@@ -24,6 +24,7 @@ from lakeforge.quality.spec import (
     expectations_from,
 )
 from lakeforge.sources.files import FilesConfig
+from lakeforge.sources.rest import RestConfig
 from lakeforge.sources.sql_db import SqlConfig
 
 Layer = Literal["bronze", "silver", "gold"]
@@ -103,7 +104,7 @@ WriteStrategy = Annotated[
 ]
 
 
-SourceConfig = Annotated[FilesConfig | SqlConfig, Field(discriminator="kind")]
+SourceConfig = Annotated[FilesConfig | SqlConfig | RestConfig, Field(discriminator="kind")]
 
 
 class ColumnSpec(_Strict):

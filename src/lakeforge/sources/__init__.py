@@ -16,7 +16,8 @@ def source_of(ds: Dataset, project_root: Path) -> Source | None:
     if config is None:
         return None
     from lakeforge.sources.files import FilesSource
+    from lakeforge.sources.rest import RestSource
     from lakeforge.sources.sql_db import SqlSource
 
-    kinds: dict[str, Any] = {"files": FilesSource, "sql": SqlSource}
+    kinds: dict[str, Any] = {"files": FilesSource, "sql": SqlSource, "rest": RestSource}
     return kinds[config.kind](ds.name, project_root, config)
