@@ -18,8 +18,8 @@ from rich.progress import (
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from lakeforge.execution.executor import RunResult, TaskResult
     from lakeforge.execution.planner import Assessment
+    from lakeforge.execution.results import RunResult, TaskResult
 
 STATUS_STYLE = {
     "success": "green",
