@@ -196,3 +196,27 @@ def test_lookback_alone_does_not_make_the_table_stale(tmp_path: Path) -> None:
     insert(db, [(1, 1.0, 10)])
     run(tmp_path)
     assert [a.stale for a in Runner(load_project(tmp_path)).plan()] == [False]
+
+
+def test_an_unreachable_database_does_not_break_planning(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from lakeforge.cli.app import app
+
+    db = setup(tmp_path, ", cursor: seq")
+    insert(db, [(1, 1.0, 1)])
+    run(tmp_path)
+    model = tmp_path / "models" / "raw_orders.sql"
+    model.write_text(
+        model.read_text().replace(
+            f'url: "sqlite:///{db}"', 'url: "postgresql+psycopg2://nobody@127.0.0.1:9/none"'
+        )
+    )
+    listed = CliRunner().invoke(app, ["-C", str(tmp_path), "ls", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.output)
+    assert row["status"] == "stale" and row["reason"].startswith("source not reachable")
+    result = Runner(load_project(tmp_path)).run()
+    assert not result.ok and "database unavailable" in str(result.tasks[0].error)

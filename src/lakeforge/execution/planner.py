@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lakeforge.errors import SourceError
 from lakeforge.graph.dag import Graph
 from lakeforge.graph.fingerprint import fingerprint
 from lakeforge.graph.spec import Dataset
@@ -96,7 +97,12 @@ def assess(
         position = source.recover(
             info.source_state for info in store.commit_infos(ds.name) if info.source_state
         )
-        pending = source.pending(position)
+        try:
+            pending = source.pending(position)
+        except SourceError as exc:
+            # Planning must not fail on an unreachable source: say so; the build then
+            # reports (and retries) the error precisely.
+            pending = f"source not reachable: {str(exc).split(': ', 1)[-1]}"
         if pending:
             reasons.append(pending)
     else:
