@@ -83,3 +83,25 @@ def test_records_that_still_do_not_read_stay(tmp_path: Path) -> None:
     out = json.loads(cli(root, "dlq", "replay", "raw", "--json").output)
     assert out["replayed"] == 0 and out["still_unreadable"] == 1
     assert json.loads(cli(root, "dlq", "ls", "--json").output)[0]["to_replay"] == 1
+
+
+def test_a_replay_that_did_not_commit_is_done_again_once(tmp_path: Path) -> None:
+    root = project(tmp_path, "*.parquet", "parquet")
+    (root / "models" / "raw.sql").write_text(
+        (root / "models" / "raw.sql")
+        .read_text()
+        .replace("*/", "checks:\n  - {type: range, column: id, max: 100}\n*/")
+    )
+    pq.write_table(pa.table({"id": [1]}), root / "landing" / "good.parquet")
+    (root / "landing" / "bad.parquet").write_bytes(b"PAR1 broken")
+    assert Runner(load_project(root)).run().ok
+    pq.write_table(pa.table({"id": [500]}), root / "landing" / "bad.parquet")
+    blocked = cli(root, "dlq", "replay", "raw", "--json")
+    assert blocked.exit_code == 1 and json.loads(blocked.output)["replayed"] == 0
+    assert ids(root) == [1]  # nothing published, nothing marked replayed
+    assert json.loads(cli(root, "dlq", "ls", "--json").output)[0]["to_replay"] == 1
+    pq.write_table(pa.table({"id": [5]}), root / "landing" / "bad.parquet")
+    done = json.loads(cli(root, "dlq", "replay", "raw", "--json").output)
+    assert done["replayed"] == 1 and ids(root) == [1, 5]
+    assert json.loads(cli(root, "dlq", "replay", "raw", "--json").output)["replayed"] == 0
+    assert ids(root) == [1, 5]

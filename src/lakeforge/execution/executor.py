@@ -461,78 +461,57 @@ class Runner:
         context: TransformContext,
     ) -> None:
         """Read what is new from the source, one commit per batch (state in the commit)."""
+        import pyarrow.dataset as pads
+
+        from lakeforge.storage.delta import PinnedTable
+
         if full_refresh:
             position = source.fresh()
         else:
             committed = self.store.commit_infos(ds.name)
             position = source.recover(i.source_state for i in committed if i.source_state)
-        totals: dict[str, Any] = {}
+        # Totals of the batches committed; kept when a later batch fails or is blocked.
+        totals: dict[str, Any] = {"source": {"batches": 0, "units": 0}}
         result.rows_in = 0
         try:
-            self._read_batches(run_id, run_started, ds, assessment, full_refresh, result, gate,
-                               source, position, inputs, views, context, totals)  # fmt: skip
+            for batches, batch in enumerate(source.batches(position), start=1):
+                totals["source"]["batches"] = batches
+                totals["source"]["units"] += batch.units
+                result.rows_in += batch.data.num_rows
+                pinned = PinnedTable(SOURCE_INPUT, -1, [pads.dataset(batch.data)])
+                data = self.engine.transform(ds, {**inputs, SOURCE_INPUT: pinned}, views, context)
+                # The first batch replaces the table on --full-refresh, and on every run of a
+                # source that reads everything each time (a full load).
+                replaces = full_refresh or source.replaces_table
+                target = None if replaces and batches == 1 else self.store.version(ds.name)
+                unpublished = f"this batch ({batch.description}) was not published"
+                if batches > 1:
+                    unpublished += f"; the {batches - 1} batch(es) before it were"
+                outcome = self._audit(run_id, ds, data, target, result, gate, unpublished)
+                for key in ("rows_candidate", "rows_published", "rows_quarantined", "rows_dropped"):
+                    totals[key] = totals.get(key, 0) + int(result.metrics[key])
+                dead = 0 if batch.rejected is None else batch.rejected.num_rows
+                totals["rows_dlq"] = totals.get("rows_dlq", 0) + dead
+                self._commit(
+                    run_id, run_started, ds, assessment, result, outcome, target, full_refresh,
+                    source_state=batch.state, rejected=batch.rejected,
+                )  # fmt: skip
+                # This batch is published: its results are final whatever later batches do.
+                at = datetime.now(UTC)
+                self.metadata.record_check_results(
+                    [
+                        c.to_record(run_id=run_id, task_id=result.task_id, dataset=ds.name,
+                                    published=True, at=at)
+                        for c in outcome.results
+                    ]
+                )  # fmt: skip
+                result.checks_recorded = len(result.checks)
         finally:
             result.metrics.update(totals)
         result.metrics["checks"] = dict(Counter(c.status for c in result.checks))
-        changed = getattr(source, "changed", None)
-        if changed is not None:
-            result.metrics["source"]["changed_files"] = changed(position)
-        if result.metrics["source"]["batches"] == 0:
+        result.metrics["source"]["changed_files"] = source.changed(position)
+        if totals["source"]["batches"] == 0:
             result.reason += " (nothing new to read)"
-
-    def _read_batches(
-        self,
-        run_id: str,
-        run_started: datetime,
-        ds: Any,
-        assessment: Assessment,
-        full_refresh: bool,
-        result: TaskResult,
-        gate: bool,
-        source: Source,
-        position: Any,
-        inputs: dict[str, Any],
-        views: list[Any],
-        context: TransformContext,
-        totals: dict[str, Any],
-    ) -> None:
-        import pyarrow.dataset as pads
-
-        from lakeforge.storage.delta import PinnedTable
-
-        totals["source"] = {"batches": 0, "units": 0}
-        for batches, batch in enumerate(source.batches(position), start=1):
-            totals["source"]["batches"] = batches
-            totals["source"]["units"] += batch.units
-            result.rows_in += batch.data.num_rows
-            pinned = PinnedTable(SOURCE_INPUT, -1, [pads.dataset(batch.data)])
-            data = self.engine.transform(ds, {**inputs, SOURCE_INPUT: pinned}, views, context)
-            # The first batch replaces the table on --full-refresh, and on every run of a
-            # source that reads everything each time (a full load).
-            replaces = full_refresh or getattr(source, "replaces_table", False)
-            target = None if replaces and batches == 1 else self.store.version(ds.name)
-            unpublished = f"this batch ({batch.description}) was not published"
-            if batches > 1:
-                unpublished += f"; the {batches - 1} batch(es) before it were"
-            outcome = self._audit(run_id, ds, data, target, result, gate, unpublished)
-            for key in ("rows_candidate", "rows_published", "rows_quarantined", "rows_dropped"):
-                totals[key] = totals.get(key, 0) + int(result.metrics[key])
-            dead = 0 if batch.rejected is None else batch.rejected.num_rows
-            totals["rows_dlq"] = totals.get("rows_dlq", 0) + dead
-            self._commit(
-                run_id, run_started, ds, assessment, result, outcome, target, full_refresh,
-                source_state=batch.state, rejected=batch.rejected,
-            )  # fmt: skip
-            # This batch is published: its results are final whatever later batches do.
-            at = datetime.now(UTC)
-            self.metadata.record_check_results(
-                [
-                    c.to_record(run_id=run_id, task_id=result.task_id, dataset=ds.name,
-                                published=True, at=at)
-                    for c in outcome.results
-                ]
-            )  # fmt: skip
-            result.checks_recorded = len(result.checks)
 
     def _audit(
         self,

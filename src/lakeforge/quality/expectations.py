@@ -18,7 +18,6 @@ from sqlglot import exp
 
 from lakeforge.errors import ConfigError, SQLError
 from lakeforge.quality.results import CheckResult, sample_rows
-from lakeforge.quality.spec import ACTION_PRECEDENCE
 
 if TYPE_CHECKING:
     import duckdb
@@ -146,10 +145,6 @@ def apply_expectations(
     if split.published.num_rows + split.quarantined_rows + split.dropped != split.rows_in:
         raise AssertionError("row accounting broken: published + quarantined + dropped != in")
     return split
-
-
-def strongest_action(actions: list[str]) -> str:
-    return max(actions, key=ACTION_PRECEDENCE.__getitem__)
 
 
 def _quarantine_rows(

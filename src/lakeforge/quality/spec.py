@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+from abc import abstractmethod
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Action = Literal["warn", "drop", "quarantine", "fail"]
 Severity = Literal["error", "warn"]
 Scope = Literal["batch", "table"]
-ACTION_PRECEDENCE: dict[str, int] = {"warn": 0, "drop": 1, "quarantine": 2, "fail": 3}
 
 _THRESHOLD = re.compile(r"^\s*(>=|<=|>|<|==|=|!=)?\s*(\d+(?:\.\d+)?)\s*(%)?\s*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -140,8 +140,9 @@ class _Check(_Strict):
             return (default, None) if self.severity == "warn" else (None, default)
         return warn, error
 
+    @abstractmethod
     def default_name(self) -> str:
-        raise NotImplementedError
+        """The name a check gets when it declares none."""
 
     @property
     def label(self) -> str:

@@ -85,3 +85,12 @@ class Source(ABC):
     @abstractmethod
     def status(self, position: Any) -> SourceStatus:
         """A summary for people."""
+
+    @property
+    def replaces_table(self) -> bool:
+        """Every run reads everything (a full load): its first batch replaces the table."""
+        return False
+
+    def changed(self, position: Any) -> list[str]:
+        """Units already read that changed since and are not read again (reported)."""
+        return []

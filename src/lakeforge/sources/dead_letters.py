@@ -21,7 +21,6 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-REJECT_COLUMNS = ("raw", "raw_text", "error", "source_file", "line")
 _MAX_RAW = 1 << 20  # bytes of a rejected record kept (a record is not a file)
 
 

@@ -64,7 +64,6 @@ class DeadLetterReplay(Source):
     """The pending dead letters of one dataset, as a one-batch source."""
 
     kind = KIND
-    replaces_table = False
 
     def __init__(self, reader: FilesSource, letters: list[dict[str, Any]]) -> None:
         super().__init__(reader.dataset, reader.project_root)

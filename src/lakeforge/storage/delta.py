@@ -10,8 +10,9 @@ Every write Lakeforge makes is one Delta commit carrying
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -167,6 +168,9 @@ def _view_columns(fragment: Any, string_cols: list[str]) -> frozenset[str]:
     return cached
 
 
+_RECENT_COMMITS = 64
+
+
 def app_id(dataset: str) -> str:
     """The app transaction id of a dataset's flow."""
     return f"lakeforge/{dataset}"
@@ -263,7 +267,17 @@ class DeltaStore:
         """Lakeforge's commit metadata of ``dataset``, newest first (empty when absent)."""
         if not self.exists(dataset):
             return
-        for entry in self.open(dataset).history():
+        table = self.open(dataset)
+        # Consumers usually stop at the newest commits (a source's position is in the newest
+        # one, or in the newest snapshot): read the log's tail first, the rest only if asked.
+        recent = table.history(_RECENT_COMMITS)
+        entries: Iterable[dict[str, Any]] = recent
+        if len(recent) == _RECENT_COMMITS:
+            entries = itertools.chain(
+                recent,
+                (e for e in table.history() if int(e["version"]) < int(recent[-1]["version"])),
+            )
+        for entry in entries:
             info = CommitInfo.from_metadata(entry.get(METADATA_KEY))
             if info is not None:
                 yield info
