@@ -1,17 +1,38 @@
 """Lakeforge: lakehouse data pipelines on Delta Lake.
 
-The public API is what this module exports; everything else is internal.
+The public API is what this module exports; everything else is internal. The names are
+resolved on first use (PEP 562), so importing a submodule — the CLI, to print ``--help`` —
+does not build every configuration model first.
 """
 
 from __future__ import annotations
 
-from lakeforge.graph.decorators import table, view
-from lakeforge.graph.spec import SCD2, Append, ColumnSpec, Merge, Overwrite, ReplacePartitions
-from lakeforge.sources.files import FilesConfig as files
-from lakeforge.sources.rest import RestConfig as rest
-from lakeforge.sources.sql_db import SqlConfig as database
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lakeforge.graph.decorators import table, view
+    from lakeforge.graph.spec import SCD2, Append, ColumnSpec, Merge, Overwrite, ReplacePartitions
+    from lakeforge.sources.files import FilesConfig as files
+    from lakeforge.sources.rest import RestConfig as rest
+    from lakeforge.sources.sql_db import SqlConfig as database
 
 __version__ = "0.1.0"
+
+# public name → (module, attribute)
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "table": ("lakeforge.graph.decorators", "table"),
+    "view": ("lakeforge.graph.decorators", "view"),
+    "SCD2": ("lakeforge.graph.spec", "SCD2"),
+    "Append": ("lakeforge.graph.spec", "Append"),
+    "ColumnSpec": ("lakeforge.graph.spec", "ColumnSpec"),
+    "Merge": ("lakeforge.graph.spec", "Merge"),
+    "Overwrite": ("lakeforge.graph.spec", "Overwrite"),
+    "ReplacePartitions": ("lakeforge.graph.spec", "ReplacePartitions"),
+    "files": ("lakeforge.sources.files", "FilesConfig"),
+    "database": ("lakeforge.sources.sql_db", "SqlConfig"),
+    "rest": ("lakeforge.sources.rest", "RestConfig"),
+}
 
 __all__ = [
     "SCD2",
@@ -27,3 +48,17 @@ __all__ = [
     "table",
     "view",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attribute = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'lakeforge' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
