@@ -147,3 +147,40 @@ def mariadb_database() -> Iterator[Callable[[], str]]:
                 cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """URL of an S3 API on 127.0.0.1: moto's server (``moto[server]``, a dev dependency),
+    started on a free port for the session (or xdist worker). Any credentials are accepted.
+    """
+    import socket
+
+    def start() -> Any:
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            import boto3
+
+            client = boto3.client(
+                "s3",
+                endpoint_url=url,
+                aws_access_key_id="probe",
+                aws_secret_access_key="probe",
+                region_name="us-east-1",
+            )
+            client.list_buckets()
+        except Exception:
+            server.stop()
+            raise
+        return server, url
+
+    server, url = require_service("moto's S3 server (pip install 'moto[server]')", start)
+    yield url
+    server.stop()

@@ -83,6 +83,18 @@ class Api(BaseHTTPRequestHandler):
             found = [e for e in srv.events if e["updated_at"] > since]
             at, limit = int(q["offset"]), int(q["limit"])
             self._send(200, found[at : at + limit])
+        elif path == "/since":  # inclusive: the records at the watermark come again
+            if srv.fail_offset is not None and int(q["offset"]) >= srv.fail_offset:
+                self._send(500, {"error": "down"})
+                return
+            since = q.get("updated_since", "")
+            found = [e for e in srv.events if e["updated_at"] >= since]
+            at, limit = int(q["offset"]), int(q["limit"])
+            self._send(200, found[at : at + limit])
+        elif path == "/pages":  # srv.pages[n - 1] for page n: a list, or raw bytes
+            page = int(q.get("page", "1"))
+            body = srv.pages[page - 1] if page <= len(srv.pages) else []
+            self._send(200, body)
         elif path == "/limited":  # 429 once, then fine
             if hits == 1:
                 self._send(429, {"error": "slow down"}, {"Retry-After": "0.3"})
@@ -124,7 +136,7 @@ class Api(BaseHTTPRequestHandler):
             got = self.headers.get("X-Token", "") if kind == "header" else q.get("api_key", "")
         expected = f"ann:{TOKEN}" if kind == "basic" else TOKEN
         if got == expected:
-            self._send(200, RECORDS[:1])
+            self._send(200, self.server.full or RECORDS[:1])
         else:  # a careless server echoes what it was sent
             self._send(401, {"error": f"invalid credentials {got}"})
 
@@ -137,6 +149,7 @@ class ApiServer(ThreadingHTTPServer):
         self.events: list[dict[str, Any]] = []
         self.fail_offset: int | None = None
         self.full: list[dict[str, Any]] = []
+        self.pages: list[Any] = []
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +182,7 @@ def setup(root: Path, api: ApiServer, source: str, write: str = "") -> None:
 
 def run(root: Path, ok: bool = True) -> Any:
     result = Runner(load_project(root)).run()
-    assert result.ok is ok, result.to_dict()
+    assert result.ok is ok, [str(t.error) for t in result.tasks]
     return result
 
 
@@ -261,6 +274,242 @@ def test_a_pass_that_dies_resumes_after_its_last_batch(tmp_path: Path, api: ApiS
     assert next(q["offset"] for _, q, _, _ in api.log) == "4"  # resumed, same parameter
     assert {q["updated_since"] for _, q, _, _ in api.log} == {"0"}
     assert [r["id"] for r in rows(tmp_path)] == list(range(1, 8))
+
+
+INCLUSIVE = (
+    "path: /since, paginate: {style: offset, limit: 2}, pages_per_batch: 1, max_retries: 0, "
+    "incremental: {param: updated_since, field: updated_at%s}"
+)
+
+
+def version(root: Path) -> int:
+    return DeltaStore(str(root / "lakehouse")).version("raw")
+
+
+def test_an_inclusive_since_reruns_without_a_commit_and_reads_ties_once(
+    tmp_path: Path, api: ApiServer
+) -> None:
+    # Append: a record read twice would be in the table twice.
+    setup(tmp_path, api, INCLUSIVE % "")
+    api.events = [
+        {"id": 1, "updated_at": "2024-02-01", "v": "a"},
+        {"id": 2, "updated_at": "2024-02-02", "v": "a"},
+        *({"id": i, "updated_at": "2024-02-03", "v": "a"} for i in (3, 4, 5)),  # two pages
+    ]
+    run(tmp_path)
+    assert [r["id"] for r in rows(tmp_path)] == [1, 2, 3, 4, 5]
+    before = version(tmp_path)
+    for _ in range(2):  # the API sends 3, 4, 5 again: read before, nothing to commit
+        again = run(tmp_path)
+        assert "nothing new to read" in again.tasks[0].reason
+        assert version(tmp_path) == before
+    assert {q["updated_since"] for _, q, _, _ in api.log[-2:]} == {"2024-02-03"}
+    # A record changed in place at the watermark (same updated_at) is another record.
+    api.events[3] = {"id": 4, "updated_at": "2024-02-03", "v": "changed"}
+    assert run(tmp_path).tasks[0].rows_in == 1
+    assert sorted((r["id"], r["v"]) for r in rows(tmp_path) if r["id"] == 4) == [
+        (4, "a"),
+        (4, "changed"),
+    ]
+    # A new record at the watermark is read; then nothing again.
+    api.events.append({"id": 6, "updated_at": "2024-02-03", "v": "a"})
+    assert run(tmp_path).tasks[0].rows_in == 1
+    assert [r["id"] for r in rows(tmp_path)] == [1, 2, 3, 4, 4, 5, 6]
+    before = version(tmp_path)
+    run(tmp_path)
+    assert version(tmp_path) == before
+    newest = DeltaStore(str(tmp_path / "lakehouse")).commit_infos("raw")
+    state = next(i.source_state for i in newest if i.source_state)
+    assert state["watermark"] == "2024-02-03" and len(state["at_watermark"]) == 5  # 3-6, new 4
+    assert "at_since" not in state  # the pass is complete
+
+
+def test_with_a_key_the_ties_are_told_apart_by_the_key(tmp_path: Path, api: ApiServer) -> None:
+    setup(tmp_path, api, INCLUSIVE % ", key: id")
+    api.events = [{"id": i, "updated_at": "2024-02-03", "v": "a"} for i in (1, 2, 3)]
+    run(tmp_path)
+    before = version(tmp_path)
+    api.events[0] = {"id": 1, "updated_at": "2024-02-03", "v": "changed"}  # same key: read
+    run(tmp_path)
+    assert version(tmp_path) == before
+    api.events.append({"id": 4, "updated_at": "2024-02-03", "v": "a"})
+    assert run(tmp_path).tasks[0].rows_in == 1
+    assert [r["id"] for r in rows(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_an_inclusive_pass_that_dies_resumes_and_then_reruns_without_a_commit(
+    tmp_path: Path, api: ApiServer
+) -> None:
+    setup(tmp_path, api, INCLUSIVE % "")
+    api.events = [{"id": i, "updated_at": "2024-02-01"} for i in range(1, 4)]
+    run(tmp_path)
+    api.events += [{"id": i, "updated_at": f"2024-02-0{i - 2}"} for i in range(4, 8)]
+    # since=2024-02-01 sends 1, 2, 3 again (skipped) then 4..7; the page at offset 4 fails.
+    api.fail_offset = 4
+    run(tmp_path, ok=False)
+    assert [r["id"] for r in rows(tmp_path)] == [1, 2, 3, 4]
+    state = next(
+        i.source_state
+        for i in DeltaStore(str(tmp_path / "lakehouse")).commit_infos("raw")
+        if i.source_state
+    )
+    assert state["resume"] == 4 and len(state["at_since"]) == 3
+    api.fail_offset = None
+    api.log.clear()
+    run(tmp_path)
+    assert next(q["offset"] for _, q, _, _ in api.log) == "4"  # resumed, same parameter
+    assert {q["updated_since"] for _, q, _, _ in api.log} == {"2024-02-01"}
+    assert [r["id"] for r in rows(tmp_path)] == list(range(1, 8))
+    before = version(tmp_path)
+    run(tmp_path)  # since=2024-02-05 sends 7 again: read before
+    assert version(tmp_path) == before
+
+
+def dead_letters(root: Path) -> list[dict[str, Any]]:
+    store = DeltaStore(str(root / "lakehouse"))
+    if not store.exists("raw__dlq"):
+        return []
+    return sorted(
+        store.read("raw__dlq").to_table().to_pylist(),
+        key=lambda r: (r["source_file"], r["line"] if r["line"] is not None else -1),
+    )
+
+
+TYPED = 'schema: {id: BIGINT, amount: "DECIMAL(12,2)", at: TIMESTAMP}, required: [id]'
+
+
+def test_records_that_do_not_fit_the_schema_go_to_the_dead_letter_queue(
+    tmp_path: Path, api: ApiServer
+) -> None:
+    from decimal import Decimal
+
+    setup(tmp_path, api, f"path: /none, {TYPED}")
+    api.full = [
+        {"id": 1, "amount": "12.50", "at": "2024-01-01T10:00:00", "note": "kept"},
+        {"id": "two", "amount": 1, "at": "2024-01-01"},
+        {"amount": 3},
+        {"id": 4, "amount": "x" * 200, "at": "nope"},
+        {"id": "5", "amount": 7, "at": None},
+    ]
+    result = run(tmp_path)
+    got = rows(tmp_path)
+    assert [(r["id"], r["amount"]) for r in got] == [(1, Decimal("12.50")), (5, Decimal("7"))]
+    assert got[0]["note"] == "kept" and got[1]["note"] is None  # undeclared: inferred
+    dead = dead_letters(tmp_path)
+    assert [d["line"] for d in dead] == [1, 2, 3]
+    origin = f"http://127.0.0.1:{api.server_port}/none"
+    assert {d["source_file"] for d in dead} == {origin}
+    assert [json.loads(d["raw_text"]) for d in dead] == api.full[1:4]
+    assert "column 'id': expected BIGINT, found \"two\"" in dead[0]["error"]
+    assert dead[1]["error"] == "'id' required, missing or null"
+    assert "column 'amount'" in dead[2]["error"] and "column 'at'" in dead[2]["error"]
+    assert "x" * 100 not in dead[2]["error"]  # the value found is cut short
+    metrics = result.tasks[0].metrics
+    assert metrics["rows_dlq"] == 3 and metrics["rows_published"] == 2
+    # Executor semantics (documented for files too): rows_in counts the records read.
+    assert result.tasks[0].rows_in + metrics["rows_dlq"] == len(api.full)
+
+
+def test_a_dead_letter_at_the_watermark_is_not_read_again(tmp_path: Path, api: ApiServer) -> None:
+    setup(tmp_path, api, f"{INCLUSIVE % ''}, schema: {{id: BIGINT}}")
+    api.events = [
+        {"id": 1, "updated_at": "2024-02-01"},
+        {"id": "bad", "updated_at": "2024-02-02"},
+    ]
+    run(tmp_path)
+    before = (version(tmp_path), len(dead_letters(tmp_path)))
+    run(tmp_path)
+    assert (version(tmp_path), len(dead_letters(tmp_path))) == before == (0, 1)
+
+
+def test_dead_letter_origins_mask_the_api_key(
+    tmp_path: Path, api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LF_API_TOKEN", TOKEN)
+    setup(tmp_path, api, f"path: /auth/query, {AUTH['query']}, schema: {{id: INTEGER}}")
+    api.full = [{"id": "one"}]
+    # A full load that reads no record keeps the table and fails, saying why.
+    error = str(run(tmp_path, ok=False).tasks[0].error)
+    assert "no record could be read, 1 dead letter(s)" in error and "api_key=***" in error
+    assert "column 'id': expected INTEGER" in error and TOKEN not in error
+    api.full = [{"id": 1}, {"id": "two"}]
+    run(tmp_path)
+    assert [r["id"] for r in rows(tmp_path)] == [1]
+    (dead,) = dead_letters(tmp_path)
+    assert dead["source_file"].endswith("/auth/query?api_key=***") and dead["line"] == 1
+    for text in _written_text(tmp_path):
+        assert TOKEN not in text
+
+
+@pytest.mark.parametrize("paginate", ["page", "link"])
+def test_a_bad_page_fails_the_run_or_goes_to_the_dead_letter_queue(
+    tmp_path: Path, api: ApiServer, paginate: str
+) -> None:
+    api.pages = [[{"id": 1}], b"<html>maintenance</html>", [{"id": 3}], []]
+    setup(tmp_path, api, "path: /pages, paginate: page")
+    error = str(run(tmp_path, ok=False).tasks[0].error)
+    assert "/pages: the response is not JSON" in error
+    setup(tmp_path, api, "path: /pages, paginate: page, on_bad_page: dead_letter")
+    if paginate == "link":  # the next page is in the body: the pass ends at the bad page
+        api.pages = [{"items": [{"id": 1}], "next": "/pages?page=2"}, b"<html>", {"items": []}]
+        setup(
+            tmp_path,
+            api,
+            "path: /pages, records: items, paginate: {style: next_url, path: next}, "
+            "on_bad_page: dead_letter",
+        )
+    result = run(tmp_path)
+    assert [r["id"] for r in rows(tmp_path)] == ([1, 3] if paginate == "page" else [1])
+    (dead,) = dead_letters(tmp_path)
+    assert dead["line"] is None and dead["raw_text"].startswith("<html>")
+    assert dead["source_file"].endswith("/pages?page=2")
+    assert dead["error"].startswith("bad page: the response is not JSON")
+    assert result.tasks[0].metrics["rows_dlq"] == 1
+
+
+def test_two_bad_pages_in_a_row_end_the_pagination(tmp_path: Path, api: ApiServer) -> None:
+    api.pages = [[{"id": 1}], b"oops", b"oops", [{"id": 4}]]
+    setup(tmp_path, api, "path: /pages, paginate: page, on_bad_page: dead_letter")
+    run(tmp_path)
+    assert [r["id"] for r in rows(tmp_path)] == [1]
+    assert [d["source_file"][-6:] for d in dead_letters(tmp_path)] == ["page=2", "page=3"]
+
+
+def test_rest_dead_letters_replay_with_the_settings_as_they_are_now(
+    tmp_path: Path, api: ApiServer
+) -> None:
+    from typer.testing import CliRunner
+
+    from lakeforge.cli.app import app
+
+    def replay() -> dict[str, Any]:
+        out = CliRunner().invoke(app, ["-C", str(tmp_path), "dlq", "replay", "raw", "--json"])
+        assert out.exit_code == 0, out.output
+        return dict(json.loads(out.output))
+
+    source = "path: /pages, paginate: page, on_bad_page: dead_letter, schema: {id: BIGINT}"
+    api.pages = [[{"id": 1, "v": "a"}, {"id": 2}, {"id": "x", "v": "b"}], b"<html>"]
+    setup(tmp_path, api, f"{source}, required: [v]")
+    run(tmp_path)
+    assert [r["id"] for r in rows(tmp_path)] == [1] and len(dead_letters(tmp_path)) == 3
+    assert replay()["replayed"] == 0  # nothing changed: nothing reads
+    setup(tmp_path, api, source)  # v is no longer required
+    done = replay()
+    assert (done["replayed"], done["still_unreadable"]) == (1, 2)  # "x" and the page stay
+    assert [(r["id"], r["v"]) for r in rows(tmp_path)] == [(1, "a"), (2, None)]
+    assert replay()["replayed"] == 0 and len(rows(tmp_path)) == 2
+
+
+def test_schema_config_errors() -> None:
+    from lakeforge.graph.spec import DatasetConfig
+
+    base = {"kind": "rest", "url": "http://h"}
+    with pytest.raises(ValueError, match="schema: column 'a': 'BIGNIT' is not a DuckDB type"):
+        DatasetConfig.model_validate({"source": {**base, "schema": {"a": "BIGNIT"}}})
+    config = DatasetConfig.model_validate({"source": {**base, "schema": {"a": "int"}}})
+    assert config.source is not None and config.source.record_schema == {"a": "INTEGER"}
+    with pytest.raises(ValueError, match="on_bad_page"):
+        DatasetConfig.model_validate({"source": {**base, "on_bad_page": "skip"}})
 
 
 def test_records_whose_types_clash_become_text(tmp_path: Path, api: ApiServer) -> None:

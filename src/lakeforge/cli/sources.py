@@ -57,6 +57,8 @@ def sources(
     for r in rows:
         changed = r.get("changed_files") or []
         notes = f"[yellow]{len(changed)} changed file(s) not re-read[/]" if changed else ""
+        if r.get("reconciled_at"):
+            notes = f"reconciled {r['reconciled_at'][:19]}, {r['deleted_keys']:,} deleted key(s)"
         table.add_row(
             r["dataset"],
             r["kind"],

@@ -14,13 +14,15 @@ the reserved input name ``source``: ``SELECT ... FROM source`` or ``def raw(sour
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from lakeforge.storage.delta import PinnedTable
 
 SOURCE_INPUT = "source"
 
@@ -36,6 +38,8 @@ class SourceBatch:
         units: how many source units (files, pages, messages) it holds.
         rejected: records that could not be read (``dead_letters.REJECT_SCHEMA``): they go
             to the dataset's dead-letter queue in the same batch.
+        transformed: the records are rows of the dataset's own table (a SQL reconcile's
+            tombstones), already in its shape: they skip the transform.
     """
 
     data: pa.Table
@@ -43,6 +47,7 @@ class SourceBatch:
     description: str
     units: int = 0
     rejected: pa.Table | None = None
+    transformed: bool = False
 
 
 @dataclass
@@ -60,10 +65,17 @@ class Source(ABC):
     """An external system read incrementally into one dataset."""
 
     kind: ClassVar[str]
+    #: Why ``lakeforge dlq replay`` does not replay this source's dead letters, and what to do
+    #: instead (None: no more to say than that only file sources' are replayed).
+    replay_refusal: ClassVar[str | None] = None
 
     def __init__(self, dataset: str, project_root: Path) -> None:
         self.dataset = dataset
         self.project_root = project_root
+        #: The dataset's table as the build found it (None: it has none yet, or it is rebuilt
+        #: from scratch), bound by the executor before :meth:`batches`, for sources that
+        #: compare with what they ingested. None outside a build.
+        self.target: Callable[[], PinnedTable | None] | None = None
 
     @abstractmethod
     def recover(self, committed: Iterable[dict[str, Any]]) -> Any:

@@ -16,11 +16,14 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lakeforge.errors import ConfigError
 from lakeforge.sources.base import Source, SourceBatch, SourceStatus
 from lakeforge.sources.files import FilesSource
+
+if TYPE_CHECKING:
+    from lakeforge.sources.rest_replay import RestDeadLetterReplay
 
 KIND = "dlq_replay"
 
@@ -102,9 +105,9 @@ class DeadLetterReplay(Source):
                 ident = dead_letter_id(letter["_lf_batch"], letter["source_file"], letter["line"])
                 if read:
                     replayed.append(ident)
-                    if whole:
-                        st = os.stat(self.reader.project_root / rel)
-                        reread[rel] = [st.st_size, st.st_mtime_ns]
+                    signature = self.reader.signature(rel) if whole else None
+                    if signature is not None:
+                        reread[rel] = signature
                 else:
                     self.still_unreadable.append(letter)
         if not replayed:
@@ -120,23 +123,27 @@ class DeadLetterReplay(Source):
         """(records that now read, per letter: did it read) for one file's dead letters."""
         import duckdb
 
-        full = str(self.reader.project_root / rel)
         con = duckdb.connect()
+        # The file as it is now (an object is fetched): where whole files are read again,
+        # CSV rows find their header, and records their row numbers.
         try:
-            if whole:  # rejected as a whole: read the file again, where it still is
-                if not os.path.exists(full):
+            with self.reader.local_copy(rel) as full:
+                if not whole:
+                    return self._read_records(con, rel, full, letters)
+                if full is None:  # rejected as a whole, and gone since
                     return None, [False] * len(letters)
                 try:
-                    data = self.reader._read_files(con, [full])
+                    data = self.reader._read_files(
+                        con, [full], display=self.reader.display(rel, full)
+                    )
                 except duckdb.Error:
                     return None, [False] * len(letters)
                 return data, [True] * len(letters)
-            return self._read_records(con, full, letters)
         finally:
             con.close()
 
     def _read_records(
-        self, con: Any, full: str, letters: list[dict[str, Any]]
+        self, con: Any, rel: str, full: str | None, letters: list[dict[str, Any]]
     ) -> tuple[Any, list[bool]]:
         from lakeforge.sources import dead_letters
 
@@ -144,7 +151,7 @@ class DeadLetterReplay(Source):
         lines = [letter["raw"] for letter in letters]
         header = b""
         if fmt == "csv":
-            if not os.path.exists(full):  # the rows need their header to be read
+            if full is None:  # the rows need their header to be read
                 return None, [False] * len(letters)
             with open(full, "rb") as fh:
                 header = fh.readline().rstrip(b"\r\n") + b"\n"
@@ -156,7 +163,9 @@ class DeadLetterReplay(Source):
                 out.write(header + b"\n".join(lines) + b"\n")
 
             def read(path: str, extra: dict[str, Any]) -> Any:
-                return self.reader._read_files(con, [path], extra, display=full)
+                return self.reader._read_files(
+                    con, [path], extra, display=self.reader.display(rel, path)
+                )
 
             good, bad = dead_letters.salvage(
                 con, temp, "replay", fmt, self.reader.config.options, "replay", read
@@ -167,18 +176,47 @@ class DeadLetterReplay(Source):
         failed = {int(n) - offset for n in bad.column("line").to_pylist() if n is not None}
         if any(n is None for n in bad.column("line").to_pylist()):
             return None, [False] * len(letters)  # the records as a whole did not read
-        return good, [(i + 1) not in failed for i in range(len(letters))]
+        ok = [(i + 1) not in failed for i in range(len(letters))]
+        row_column = self.reader.config.row_column
+        if row_column and good is not None:
+            # Each record's ordinal in its file, from the file as it is now (NULL if gone).
+            ordinals = None
+            if full is not None:
+                ordinals = dead_letters.record_ordinals(
+                    con, full, fmt, self.reader.config.options, read
+                )
+            rows = None
+            if ordinals is not None:
+                last = max(ordinals, default=0)
+                found = [
+                    dead_letters.ordinal_at(ordinals, int(letter["line"]), last)
+                    for letter, read_ok in zip(letters, ok, strict=True)
+                    if read_ok
+                ]
+                rows = None if None in found else [int(n) for n in found if n is not None]
+            good = dead_letters.renumber(good, row_column, rows)
+        return good, ok
 
 
-def replay_source(project: Any, store: Any, dataset: str) -> DeadLetterReplay:
+def replay_source(
+    project: Any, store: Any, dataset: str
+) -> DeadLetterReplay | RestDeadLetterReplay:
     """The replay source of ``dataset`` (its pending dead letters)."""
     from lakeforge.sources import source_of
 
     ds = project.graph[dataset]
     source = source_of(ds, Path(project.root))
+    from lakeforge.sources.rest import RestSource
+
+    if isinstance(source, RestSource):  # re-read from the raw JSON the dead letters kept
+        from lakeforge.sources.rest_replay import RestDeadLetterReplay
+
+        return RestDeadLetterReplay(source, pending_dead_letters(store, dataset))
     if not isinstance(source, FilesSource):
+        kind = "no" if source is None else f"a {source.kind}"
         raise ConfigError(
-            f"{dataset} has no file source: only file sources have dead letters to replay",
+            f"{dataset} has {kind} source: only the dead letters of file sources are replayed",
             dataset=dataset,
+            hint=None if source is None else source.replay_refusal,
         )
     return DeadLetterReplay(source, pending_dead_letters(store, dataset))

@@ -9,190 +9,39 @@ incremental batch's state holds the parameter value the pass started from, where
 stands (the next cursor, offset, page or URL) and the highest value seen so far, so a run
 that dies mid-pass resumes after its last committed batch, with the same parameter.
 
-Records are not deduplicated (an API that treats ``updated_since`` as inclusive returns the
-newest record again): pair an incremental REST source with a ``merge`` write on the id.
-HTTP (rate limit, retries, redaction of secrets) lives in ``rest_http.py``.
+Ties at the watermark are read exactly once, as by the SQL source: the state also keeps who
+the records read *at* the watermark are (``incremental.key``, or a hash of the record), and
+a pass skips a record at its parameter value that was read before. An API that treats
+``updated_since`` as inclusive sends the newest records again; they are not read again, so
+a rerun with nothing new commits nothing — while a record changed in place (no key) or a
+new record at the same value is read. A record updated *during* a pass can still come
+twice (on two pages): pair the source with a ``merge`` write on the id.
+
+With ``schema:`` records are cast to declared types; records that do not fit, and (with
+``on_bad_page: dead_letter``) pages that are not JSON, go to the dead-letter queue
+(``rest_records.py``). The configuration is in ``rest_config.py``; HTTP (rate limit,
+retries, redaction of secrets) in ``rest_http.py``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import urllib.parse
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Any
 
 from lakeforge.errors import SourceError
 from lakeforge.sources.base import Source, SourceBatch, SourceStatus
+from lakeforge.sources.rest_config import Auth, Incremental, Pagination, RestConfig
 from lakeforge.sources.rest_http import Http, Response, shown
+from lakeforge.sources.rest_records import MISSING, Entry, Reject, at_path, read_records, record_id
 
-PaginationStyle = Literal["none", "cursor", "offset", "page", "link_header", "next_url"]
+# The configuration lives in rest_config.py; it is imported from here too.
+__all__ = ["Auth", "Incremental", "Pagination", "Position", "RestConfig", "RestSource"]
+
 _LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Pagination(_Strict):
-    """``paginate: {style: cursor, path: meta.next, param: cursor}`` (or just ``style``).
-
-    Args:
-        style: ``none``, ``cursor``, ``offset``, ``page``, ``link_header``, ``next_url``.
-        path: JSON path of the next cursor (``cursor``) or next URL (``next_url``).
-        param: query parameter of the cursor (default ``cursor``) or page (default ``page``).
-        offset_param / limit_param / limit: for ``offset``.
-        start: the first offset (0) or page (1).
-        page_size_param / page_size: sent with ``page``; a page with fewer records ends.
-        max_pages: stop after this many pages (a guard against endless pagination).
-    """
-
-    style: PaginationStyle = "none"
-    path: str | None = None
-    param: str | None = None
-    offset_param: str = "offset"
-    limit_param: str = "limit"
-    limit: int = Field(default=100, ge=1)
-    start: int | None = None
-    page_size_param: str | None = None
-    page_size: int | None = Field(default=None, ge=1)
-    max_pages: int | None = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _needs(self) -> Pagination:
-        if self.style in ("cursor", "next_url") and not self.path:
-            raise ValueError(f"pagination {self.style} needs path (where the next one is)")
-        return self
-
-
-class Auth(_Strict):
-    """``auth: {type: bearer, token_env: API_TOKEN}`` — secrets come from the environment or
-    a secrets file, never from the project.
-
-    Args:
-        type: ``bearer``, ``basic`` or ``api_key``.
-        token_env / password_env / key_env: environment variable holding the secret.
-        secrets_file + secret: a YAML/JSON mapping (relative to the project) and the key
-            of the secret in it, instead of the environment variable.
-        username: for ``basic``.
-        header / query_param: where an ``api_key`` goes (default header ``X-API-Key``).
-    """
-
-    type: Literal["bearer", "basic", "api_key"]
-    token_env: str | None = None
-    password_env: str | None = None
-    key_env: str | None = None
-    secrets_file: str | None = None
-    secret: str | None = None
-    username: str | None = None
-    header: str | None = None
-    query_param: str | None = None
-
-    @model_validator(mode="after")
-    def _one_secret(self) -> Auth:
-        env = {"bearer": self.token_env, "basic": self.password_env, "api_key": self.key_env}
-        name = {"bearer": "token_env", "basic": "password_env", "api_key": "key_env"}[self.type]
-        given = [v for v in (self.token_env, self.password_env, self.key_env) if v]
-        if len(given) > 1 or (given and env[self.type] is None):
-            raise ValueError(f"auth {self.type} takes {name}, not the others")
-        if (env[self.type] is None) == (self.secrets_file is None):
-            raise ValueError(f"auth {self.type}: give exactly one of {name} and secrets_file")
-        if (self.secrets_file is None) != (self.secret is None):
-            raise ValueError("secrets_file and secret (the key in the file) go together")
-        if self.type == "basic" and not self.username:
-            raise ValueError("auth basic needs username")
-        if self.header and self.query_param:
-            raise ValueError("an api key goes in a header or a query_param, not both")
-        if self.type != "api_key" and (self.header or self.query_param):
-            raise ValueError("header / query_param are for auth api_key")
-        return self
-
-    def value(self, dataset: str, project_root: Path) -> str:
-        """The secret, read at run time."""
-        env = self.token_env or self.password_env or self.key_env
-        if env is not None:
-            found = os.environ.get(env)
-            if not found:
-                raise SourceError(
-                    f"{dataset}: environment variable {env} (the API secret) is not set",
-                    dataset=dataset,
-                    hint=f"export {env}=…",
-                )
-            return found
-        assert self.secrets_file is not None and self.secret is not None
-        return _secret_from_file(dataset, project_root / self.secrets_file, self.secret)
-
-
-class Incremental(_Strict):
-    """``incremental: {param: updated_since, field: updated_at, initial: "2024-01-01"}``."""
-
-    param: str
-    field: str
-    initial: str | int | float | None = None
-
-
-class RestConfig(_Strict):
-    """``source: {kind: rest, url: https://api.example.com, path: /v1/orders, ...}`` in a SQL
-    header, or ``@lf.table(source=lf.rest("https://api.example.com/v1/orders", ...))``.
-
-    Args:
-        url: the base URL; path: appended to it.
-        params: query parameters sent with every request.
-        headers: extra request headers (no secrets: use ``auth``).
-        records: dot path of the record list in a response (``data.items``); default: the
-            body is the list.
-        paginate: how to get the next page (:class:`Pagination`, or a style name).
-        auth: :class:`Auth`.
-        incremental: :class:`Incremental`; none: every run is a full load.
-        pages_per_batch: pages per commit of an incremental source.
-        requests_per_second: client-side rate limit, shared per host in the process.
-        max_retries / backoff_base / backoff_max / max_retry_after / timeout: HTTP retries.
-    """
-
-    kind: Literal["rest"] = "rest"
-    url: str = Field(min_length=1)
-
-    def __init__(self, url: str | None = None, /, **data: Any) -> None:
-        # `lf.rest("https://api.example.com/v1/orders", records="data")`
-        if url is not None:
-            data["url"] = url
-        super().__init__(**data)
-
-    path: str = ""
-    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    headers: dict[str, str] = Field(default_factory=dict)
-    records: str | None = None
-    paginate: Pagination = Field(default_factory=Pagination)
-    auth: Auth | None = None
-    incremental: Incremental | None = None
-    pages_per_batch: int = Field(default=10, ge=1)
-    requests_per_second: float | None = Field(default=None, gt=0)
-    max_retries: int = Field(default=5, ge=0)
-    backoff_base: float = Field(default=0.5, ge=0)
-    backoff_max: float = Field(default=30.0, ge=0)
-    max_retry_after: float = Field(default=300.0, ge=0)
-    timeout: float = Field(default=30.0, gt=0)
-
-    @field_validator("paginate", mode="before")
-    @classmethod
-    def _style_shorthand(cls, value: Any) -> Any:
-        return {"style": value} if isinstance(value, str) else value
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if urllib.parse.urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError(f"url {shown(value)!r} must start with http:// or https://")
-        return value
-
-    def endpoint(self) -> str:
-        if not self.path:
-            return self.url
-        return self.url.rstrip("/") + "/" + self.path.lstrip("/")
 
 
 @dataclass
@@ -200,19 +49,36 @@ class Position:
     """Where the source stands.
 
     ``since``: the parameter value the current pass sends; ``resume``: where an unfinished
-    pass continues (None: the pass is complete); ``watermark``: the highest field value seen.
+    pass continues (None: the pass is complete); ``watermark``: the highest field value seen;
+    ``at_watermark``: who the records read at the watermark are (``record_id``);
+    ``at_since``: in an unfinished pass, who the records read at ``since`` before it are.
     """
 
     since: Any = None
     resume: Any = None
     watermark: Any = None
     loads: int = 0
+    at_watermark: set[str] = field(default_factory=set)
+    at_since: set[str] = field(default_factory=set)
 
 
 @dataclass
 class _Page:
     records: list[dict[str, Any]]
     after: Any  # where the next page is (None: this was the last page)
+    origin: str = ""  # the page's URL, secrets masked
+    bad: Reject | None = None  # the body, when the page could not be read (dead_letter)
+    kept: list[int] | None = None  # indices of the records to read (None: all)
+
+    def entries(self) -> list[Entry]:
+        lines = range(len(self.records)) if self.kept is None else self.kept
+        return [(self.records[i], self.origin, i) for i in lines]
+
+
+class _BadPage(Exception):
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class RestSource(Source):
@@ -239,6 +105,8 @@ class RestSource(Source):
                     state.get("resume"),
                     state.get("watermark"),
                     int(state.get("loads", 0)),
+                    set(state.get("at_watermark", [])),
+                    set(state.get("at_since", [])),
                 )
         return self.fresh()
 
@@ -262,6 +130,7 @@ class RestSource(Source):
             details={
                 "pagination": self.config.paginate.style,
                 "watermark": pos.watermark,
+                "at_watermark": len(pos.at_watermark),
                 "resume": pos.resume is not None,
             },
         )
@@ -303,12 +172,15 @@ class RestSource(Source):
         )
         return http, auth_params
 
-    def _pages(self, http: Http, params: dict[str, Any], resume: Any) -> Iterator[_Page]:
+    def _pages(
+        self, http: Http, params: dict[str, Any], resume: Any, hidden: set[str]
+    ) -> Iterator[_Page]:
         """Pages from ``resume`` (None: the first page) until the pagination ends."""
         p = self.config.paginate
         base = self.config.endpoint()
         count = 0
         at = resume
+        bad_before = False
         while True:
             query = dict(params)
             url = base
@@ -323,31 +195,42 @@ class RestSource(Source):
                     query[p.page_size_param] = p.page_size
             elif p.style in ("link_header", "next_url") and at is not None:
                 url, query = at, {}  # the server's URL carries its own query
-            response = http.get(_with_query(url, query))
-            records = self._records(response, http)
+            requested = _with_query(url, query)
+            response = http.get(requested)
+            origin = http.origin(requested, hidden)
             count += 1
-            after = self._next(response, records, query, http)
+            try:
+                records = self._records(response)
+            except _BadPage as exc:
+                if self.config.on_bad_page == "fail":
+                    raise SourceError(
+                        f"{self.dataset}: GET {shown(response.url)}: {exc}",
+                        dataset=self.dataset,
+                        hint=exc.hint,
+                    ) from None
+                bad = (response.body, f"bad page: {exc}", origin, None)
+                page = _Page([], self._after_bad_page(response, query, bad_before), origin, bad)
+            else:
+                page = _Page(records, self._next(response, records, query), origin)
+            bad_before = page.bad is not None
             if p.max_pages is not None and count >= p.max_pages:
-                after = None
-            yield _Page(records, after)
-            if after is None:
+                page.after = None
+            yield page
+            if page.after is None:
                 return
-            at = after
+            at = page.after
 
-    def _records(self, response: Response, http: Http) -> list[dict[str, Any]]:
-        where = f"{self.dataset}: GET {shown(response.url)}"
+    def _records(self, response: Response) -> list[dict[str, Any]]:
+        """The page's records; raises _BadPage for a body that is not JSON or lacks them."""
         try:
             body = response.json()
         except ValueError as exc:
-            raise SourceError(
-                f"{where}: the response is not JSON ({exc})", dataset=self.dataset
-            ) from None
-        found = body if self.config.records is None else _at_path(body, self.config.records)
-        if found is _MISSING:
+            raise _BadPage(f"the response is not JSON ({exc})") from None
+        found = body if self.config.records is None else at_path(body, self.config.records)
+        if found is MISSING:
             keys = ", ".join(body) if isinstance(body, dict) else type(body).__name__
-            raise SourceError(
-                f"{where}: no {self.config.records!r} in the response",
-                dataset=self.dataset,
+            raise _BadPage(
+                f"no {self.config.records!r} in the response",
                 hint=f"set records: to the path of the record list (found: {keys})",
             )
         if found is None:
@@ -355,16 +238,20 @@ class RestSource(Source):
         if isinstance(found, dict):
             return [found]
         if not isinstance(found, list):
-            raise SourceError(
-                f"{where}: the records are a {type(found).__name__}, not a list",
-                dataset=self.dataset,
+            raise _BadPage(
+                f"the records are a {type(found).__name__}, not a list",
                 hint="set records: to the path of the record list (data.items)",
             )
         return [r if isinstance(r, dict) else {"value": r} for r in found]
 
-    def _next(
-        self, response: Response, records: list[Any], query: dict[str, Any], http: Http
-    ) -> Any:
+    def page_records(self, body: bytes) -> list[dict[str, Any]]:
+        """The records of a page's body with the current ``records:`` (dead-letter replay)."""
+        try:
+            return self._records(Response(200, {}, body, ""))
+        except _BadPage as exc:
+            raise SourceError(f"{self.dataset}: {exc}", dataset=self.dataset) from None
+
+    def _next(self, response: Response, records: list[Any], query: dict[str, Any]) -> Any:
         p = self.config.paginate
         if p.style == "none" or (not records and p.style in ("offset", "page")):
             return None
@@ -380,78 +267,146 @@ class RestSource(Source):
             return None if found is None else urllib.parse.urljoin(response.url, found)
         assert p.path is not None
         body = response.json()
-        value = _at_path(body, p.path)
-        if value is _MISSING or value in (None, "") or not records:
+        value = at_path(body, p.path)
+        if value is MISSING or value in (None, "") or not records:
             return None
         if p.style == "next_url":
             return urllib.parse.urljoin(response.url, str(value))
         return value
 
+    def _after_bad_page(self, response: Response, query: dict[str, Any], bad_before: bool) -> Any:
+        """Where to go after a page that could not be read: the ``Link`` header's next page;
+        the next offset or page, unless the page before was bad too (past the last page an
+        API may answer with an error page); nowhere for a cursor or next URL (in the body)."""
+        p = self.config.paginate
+        if p.style == "link_header":
+            return self._next(response, [], query)
+        if bad_before or p.style not in ("offset", "page"):
+            return None
+        if p.style == "offset":
+            return int(query[p.offset_param]) + p.limit
+        return int(query[p.param or "page"]) + 1
+
     def batches(self, position: Any) -> Iterator[SourceBatch]:
         pos: Position = position
         http, auth_params = self._http()
         params: dict[str, Any] = {**self.config.params, **auth_params}
+        hidden = set(auth_params)
         inc = self.config.incremental
         loads = pos.loads + 1
         if inc is None:
-            pages = list(self._pages(http, params, None))
-            records = [r for page in pages for r in page.records]
-            if not records:
+            pages = list(self._pages(http, params, None, hidden))
+            if not _holds(pages):
                 # Nothing says what the columns are, so the table cannot be emptied: it is
                 # kept as it is (see docs/sources.md).
                 return
-            state = {"kind": self.kind, "loads": loads}
-            description = f"{len(records):,} record(s) from {len(pages)} page(s)"
-            yield SourceBatch(_to_arrow(records), state, description, units=len(pages))
+            yield self._batch(pages, {"kind": self.kind, "loads": loads}, full=True)
             return
         resuming = pos.resume is not None
         since = pos.since if resuming else pos.watermark
+        read_at_since = pos.at_since if resuming else pos.at_watermark
         if since is not None:
             params[inc.param] = since
-        watermark = pos.watermark
+        watermark, at_mark = pos.watermark, set(pos.at_watermark)
+        # A full chunk with records is held back until the next one has records too, or the
+        # pass ends: the batch that completes the pass (resume None) then always has records
+        # — and so columns — even when the pages after it had none.
+        ready: tuple[list[_Page], dict[str, Any]] | None = None
         chunk: list[_Page] = []
-        yielded = False
-        for page in self._pages(http, params, pos.resume):
-            for record in page.records:
-                value = _at_path(record, inc.field)
-                watermark = _higher(watermark, None if value is _MISSING else value)
-            chunk.append(page)
-            if len(chunk) == self.config.pages_per_batch and page.after is not None:
-                yield self._batch(chunk, since, page.after, watermark, loads)
-                chunk, yielded = [], True
-        if any(page.records for page in chunk) or yielded or resuming:
-            # The last batch completes the pass (resume None), even when it holds nothing.
-            yield self._batch(chunk, since, None, watermark, loads)
+        try:
+            for page in self._pages(http, params, pos.resume, hidden):
+                page.kept = []
+                for line, record in enumerate(page.records):
+                    value = at_path(record, inc.field)
+                    if value is not MISSING and value is not None:
+                        ident = None
+                        if since is not None and _order(value, since) == 0:
+                            ident = record_id(record, inc.key)
+                            if ident in read_at_since:
+                                continue  # read before, at the watermark: exactly once
+                        if watermark is None or _order(value, watermark) > 0:
+                            watermark, at_mark = value, set()
+                        if _order(value, watermark) == 0:
+                            at_mark.add(ident or record_id(record, inc.key))
+                    page.kept.append(line)
+                chunk.append(page)
+                if len(chunk) < self.config.pages_per_batch or page.after is None:
+                    continue
+                if any(p.kept for p in chunk):
+                    if ready is not None:
+                        yield self._batch(*ready)
+                    state = self._state(since, read_at_since, page.after, watermark, at_mark)
+                    ready, chunk = (chunk, {**state, "loads": loads}), []
+                elif not _holds(chunk):
+                    chunk = []  # only records read before: not worth a commit
+                # else: only bad pages, kept for the next batch with records
+        except SourceError:
+            if ready is not None:  # read before the failure: committed, resumed after
+                yield self._batch(*ready)
+            raise
+        final = self._state(since, read_at_since, None, watermark, at_mark)
+        if ready is not None:
+            if any(p.kept for p in chunk):
+                yield self._batch(*ready)
+                ready = ([], ready[1])
+            yield self._batch(ready[0] + chunk, {**final, "loads": loads})  # completes the pass
+        elif _holds(chunk):
+            yield self._batch(chunk, {**final, "loads": loads})
+        elif resuming:
+            # The rest of the pass held nothing: it is complete, and the next one starts now
+            # (committing an empty batch to complete it would have no columns).
+            yield from self.batches(replace(pos, since=None, resume=None, at_since=set()))
 
-    def _batch(
-        self, pages: list[_Page], since: Any, resume: Any, watermark: Any, loads: int
-    ) -> SourceBatch:
-        records = [r for page in pages for r in page.records]
+    def _state(
+        self, since: Any, at_since: set[str], resume: Any, watermark: Any, at_mark: set[str]
+    ) -> dict[str, Any]:
         state = {
             "kind": self.kind,
             "since": since,
             "resume": resume,
             "watermark": watermark,
-            "loads": loads,
+            "at_watermark": sorted(at_mark),
         }
-        description = f"{len(records):,} record(s) from {len(pages)} page(s)"
-        return SourceBatch(_to_arrow(records), state, description, units=len(pages))
+        if resume is not None:  # an unfinished pass still skips what was read at `since`
+            state["at_since"] = sorted(at_since)
+        return state
+
+    def _batch(self, pages: list[_Page], state: dict[str, Any], full: bool = False) -> SourceBatch:
+        from lakeforge.sources.dead_letters import rejects
+
+        cfg = self.config
+        entries = [entry for page in pages for entry in page.entries()]
+        data, rejected = read_records(entries, dict(cfg.record_schema), cfg.required)
+        rejected += [page.bad for page in pages if page.bad is not None]
+        if rejected and (data.num_columns == 0 or (full and data.num_rows == 0)):
+            _, error, origin, line = rejected[0]
+            where = origin + ("" if line is None else f" record {line}")
+            raise SourceError(
+                f"{self.dataset}: no record could be read, {len(rejected)} dead letter(s) "
+                f"({where}: {error}); "
+                + (
+                    "a full load that reads nothing keeps the table"
+                    if full
+                    else "without records or schema: there are no columns to commit them with"
+                ),
+                dataset=self.dataset,
+                hint="fix the API, or the source's records: / schema: / required:",
+            )
+        description = f"{data.num_rows:,} record(s) from {len(pages)} page(s)"
+        if rejected:
+            description += f", {len(rejected):,} dead letter(s)"
+        return SourceBatch(
+            data,
+            state,
+            description,
+            units=len(pages),
+            rejected=rejects(rejected) if rejected else None,
+        )
 
 
-_MISSING = object()
-
-
-def _at_path(body: Any, path: str) -> Any:
-    """The value at a dot path (``data.items``, ``meta.0.next``), or ``_MISSING``."""
-    value = body
-    for part in path.split("."):
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return _MISSING
-    return value
+def _holds(pages: list[_Page]) -> bool:
+    """Whether the pages hold something to commit: records to read, or a bad page."""
+    return any(page.entries() or page.bad is not None for page in pages)
 
 
 def _with_query(url: str, query: dict[str, Any]) -> str:
@@ -482,52 +437,11 @@ def _next_link(header: str | None) -> str | None:
     return None
 
 
-def _higher(current: Any, value: Any) -> Any:
-    """The higher of two field values (numbers by value, anything else as text)."""
-    if value is None:
-        return current
-    if current is None:
-        return value
+def _order(a: Any, b: Any) -> int:
+    """-1, 0 or 1 as field value ``a`` is below, at or above ``b`` (numbers by value,
+    anything else as text)."""
     numbers = (int, float)
-    both_numbers = isinstance(value, numbers) and isinstance(current, numbers)
-    if both_numbers:
-        return value if value > current else current
-    return value if str(value) > str(current) else current
-
-
-def _to_arrow(records: list[dict[str, Any]]) -> Any:
-    """Records as Arrow: the columns of every record (not just the first), nested values as
-    structs and lists; columns whose types clash become text (``dead_letters.unify``), and
-    columns that are only ever null are strings (Delta has no null type)."""
-    import pyarrow as pa
-
-    from lakeforge.sources.dead_letters import unify
-
-    if not records:
-        return pa.table({})
-    try:
-        table = pa.Table.from_struct_array(pa.array(records))
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        table = unify([pa.Table.from_struct_array(pa.array([r])) for r in records])
-    for i, fld in enumerate(table.schema):
-        if pa.types.is_null(fld.type):
-            table = table.set_column(i, fld.name, table.column(i).cast(pa.string()))
-    return table
-
-
-def _secret_from_file(dataset: str, path: Path, key: str) -> str:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        # The reader's message could quote the file: say only which file and why in general.
-        reason = "cannot be read" if isinstance(exc, OSError) else "is not YAML or JSON"
-        raise SourceError(f"{dataset}: the secrets file {path} {reason}", dataset=dataset) from None
-    if not isinstance(data, dict) or not data.get(key):
-        raise SourceError(
-            f"{dataset}: the secrets file {path} has no {key!r}",
-            dataset=dataset,
-            hint="a YAML or JSON mapping of secret names to values",
-        )
-    return str(data[key])
+    if isinstance(a, numbers) and isinstance(b, numbers):
+        return (a > b) - (a < b)
+    x, y = str(a), str(b)
+    return (x > y) - (x < y)

@@ -10,7 +10,8 @@
   retries are exhausted the error is transient (the executor retries the task per
   ``retries``); any other 4xx is terminal.
 - **Secrets** never reach a message: every error text goes through :meth:`Http.redact`,
-  and URLs are shown without their query string.
+  and URLs are shown without their query string (a dead letter's origin keeps the query,
+  with the API key parameter and every secret masked: :meth:`Http.origin`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any
@@ -148,6 +150,16 @@ class Http:
                 if quoted != secret:
                     text = text.replace(quoted, "***")
         return text
+
+    def origin(self, url: str, hidden: Iterable[str] = ()) -> str:
+        """Which page a dead letter came from: :func:`shown` plus the query (the offset,
+        page or cursor), with the ``hidden`` parameters (an API key) and any secret masked."""
+        query = urllib.parse.urlsplit(url).query
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        masked = [(k, "***" if k in hidden else v) for k, v in pairs]
+        return self.redact(
+            shown(url) + ("?" + urllib.parse.urlencode(masked, safe="*") if masked else "")
+        )
 
     def _backoff(self, attempt: int) -> float:
         return random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))

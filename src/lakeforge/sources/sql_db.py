@@ -9,7 +9,14 @@ below the watermark for sources whose cursor values arrive late (rows are then r
 pair it with a ``merge`` write keyed on the primary key).
 
 Rows are streamed (server-side cursors where the driver has them) and committed in chunks
-of ``chunk_rows``, each chunk one Delta commit carrying the position after it.
+of ``chunk_rows``, each chunk one Delta commit carrying the position after it. A row with a
+value that does not fit its column's type (a decimal over its precision, bytes that are not
+UTF-8 in a text column, an integer over 64 bits …) goes to the dataset's dead-letter queue
+with its values and the reason; the rest of the chunk is published, and the position moves
+past the rejected row all the same.
+
+Rows deleted in the database are found by an optional periodic key reconciliation
+(``reconcile:``, see ``sql_reconcile``).
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lakeforge.errors import SourceError, TransientSourceError
+from lakeforge.sources import sql_reconcile
 from lakeforge.sources.base import Source, SourceBatch, SourceStatus
+from lakeforge.sources.sql_reconcile import ReconcileConfig
 
 
 class SqlConfig(BaseModel):
@@ -40,6 +49,8 @@ class SqlConfig(BaseModel):
         primary_key: columns identifying a row (ties at the watermark); default: all columns.
         lookback: re-read this far below the watermark (number, or duration for timestamps).
         chunk_rows: rows per commit.
+        reconcile: compare the source's primary keys with the table's this often, to find
+            deleted rows (``{every: 1d}``); needs ``cursor`` and ``primary_key``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,6 +65,7 @@ class SqlConfig(BaseModel):
     primary_key: list[str] = Field(default_factory=list)
     lookback: str | float | None = None
     chunk_rows: int = Field(default=100_000, ge=1)
+    reconcile: ReconcileConfig | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> SqlConfig:
@@ -63,7 +75,19 @@ class SqlConfig(BaseModel):
             raise ValueError("give exactly one of table and query")
         if self.lookback is not None and self.cursor is None:
             raise ValueError("lookback needs a cursor")
+        if self.reconcile is not None and (self.cursor is None or not self.primary_key):
+            raise ValueError(
+                "reconcile needs a cursor and a primary_key: it compares the keys of an "
+                "incremental load (a full load, without cursor, drops deleted rows anyway)"
+            )
         return self
+
+    @property
+    def origin(self) -> str:
+        """Where rows come from, as dead letters name it: ``sql:<table>`` or ``sql:query``."""
+        if self.table is None:
+            return "sql:query"
+        return f"sql:{self.schema_name}.{self.table}" if self.schema_name else f"sql:{self.table}"
 
     def resolved_url(self, dataset: str) -> str:
         if self.url is not None:
@@ -81,17 +105,26 @@ class SqlConfig(BaseModel):
 
 @dataclass
 class Position:
-    """Watermark and the keys read at it (``None``: nothing read yet)."""
+    """Watermark and the keys read at it (``None``: nothing read yet), and the reconcile's
+    last time (ISO, UTC) and how many deleted keys reconciles have found."""
 
     watermark: Any = None
     at_watermark: set[str] = field(default_factory=set)
     loads: int = 0
+    reconciled_at: str | None = None
+    deleted_keys: int = 0
 
 
 class SqlSource(Source):
     """Rows of a table or query, incrementally by a cursor column or in full."""
 
     kind = "sql"
+    replay_refusal = (
+        "a SQL source's dead letters are not replayed: the rows are still in the database. "
+        "Fix the cause (the column's declared type, or a CAST in a `query:`), then have them "
+        "read again: update their cursor column so that the next run reads them, or run "
+        "with --full-refresh"
+    )
 
     def __init__(self, dataset: str, project_root: Path, config: SqlConfig) -> None:
         super().__init__(dataset, project_root)
@@ -112,6 +145,8 @@ class SqlSource(Source):
                     _decode(state.get("watermark")),
                     set(state.get("at_watermark", [])),
                     int(state.get("loads", 0)),
+                    state.get("reconciled_at"),
+                    int(state.get("deleted_keys", 0)),
                 )
         return Position()
 
@@ -135,18 +170,20 @@ class SqlSource(Source):
                 ) from None
         return self._engine
 
+    def _relation(self) -> Any:
+        import sqlalchemy as sa
+
+        if self.config.query is not None:
+            return sa.text(f"({self.config.query.strip().rstrip(';')}) AS lf_src")
+        assert self.config.table is not None
+        return sa.table(self.config.table, schema=self.config.schema_name)
+
     def _select(
         self, position: Position | None, *, lookback: bool = True
     ) -> tuple[Any, dict[str, Any]]:
         import sqlalchemy as sa
 
-        relation: Any
-        if self.config.query is not None:
-            relation = sa.text(f"({self.config.query.strip().rstrip(';')}) AS lf_src")
-        else:
-            assert self.config.table is not None
-            relation = sa.table(self.config.table, schema=self.config.schema_name)
-        query = sa.select(sa.text("*")).select_from(relation)
+        query = sa.select(sa.text("*")).select_from(self._relation())
         params: dict[str, Any] = {}
         cursor = self.config.cursor
         if cursor is not None:
@@ -200,75 +237,35 @@ class SqlSource(Source):
                 dataset=self.dataset,
             ) from None
         fresh = found - (len(position.at_watermark) if position.watermark is not None else 0)
-        return f"{fresh} new row(s)" if fresh > 0 else None
+        if fresh > 0:
+            return f"{fresh} new row(s)"
+        return self._reconcile_due(position)
+
+    def _reconcile_due(self, pos: Position, now: dt.datetime | None = None) -> str | None:
+        """Why a reconcile is due (None: it is not, or nothing was read to compare with)."""
+        config = self.config.reconcile
+        if config is None or pos.watermark is None:
+            return None
+        if not sql_reconcile.is_due(config, pos.reconciled_at, now or sql_reconcile.clock()):
+            return None
+        last = pos.reconciled_at
+        return f"reconcile due (last {last})" if last else "reconcile due (never reconciled)"
 
     def batches(self, position: Any) -> Iterator[SourceBatch]:
         import sqlalchemy as sa
 
         pos: Position = position
-        query, params = self._select(pos)
-        key_cols = self.config.primary_key
-        cursor = self.config.cursor
+        # The position after each batch of this run (which is one more load).
+        after = Position(
+            pos.watermark, set(pos.at_watermark), pos.loads + 1, pos.reconciled_at,
+            pos.deleted_keys,
+        )  # fmt: skip
         try:
             with self._connect().connect() as conn:
                 # Reflect before streaming: an unbuffered result (MySQL) blocks the connection.
                 schema = self._arrow_schema(conn)
-                result = conn.execution_options(stream_results=True).execute(query, params)
-                names = list(result.keys())
-                for name in [*key_cols, *([cursor] if cursor else [])]:
-                    if name not in names:
-                        raise SourceError(
-                            f"{self.dataset}: column {name!r} is not in the source's rows",
-                            dataset=self.dataset,
-                            hint="found: " + ", ".join(names),
-                        )
-                watermark, at_mark = pos.watermark, set(pos.at_watermark)
-                skip_seen = watermark is not None and self.config.lookback is None
-                loads = pos.loads + 1
-                loaded = False
-                while True:
-                    # A full load replaces the table: one batch, one commit, so readers never
-                    # see a table half replaced. Incremental loads commit chunk by chunk.
-                    rows = (
-                        result.fetchall()
-                        if cursor is None
-                        else result.fetchmany(self.config.chunk_rows)
-                    )
-                    if not rows:
-                        if cursor is None and not loaded:
-                            # The source is empty: the full load makes the table empty too.
-                            data = _to_arrow([], names, schema)
-                            empty: dict[str, Any] = {"kind": self.kind, "loads": loads}
-                            yield SourceBatch(data, empty, "0 rows (source is empty)")
-                        break
-                    loaded = True
-                    kept = []
-                    for row in rows:
-                        if skip_seen and cursor is not None:
-                            record = row._mapping
-                            if record[cursor] == pos.watermark and (
-                                _row_key(record, key_cols or names) in pos.at_watermark
-                            ):
-                                continue  # read before, at the watermark: exactly once
-                        kept.append(row)
-                    if cursor is not None and rows:
-                        for row in rows:
-                            value = row._mapping[cursor]
-                            key = _row_key(row._mapping, key_cols or names)
-                            if watermark is None or value > watermark:
-                                watermark, at_mark = value, {key}
-                            elif value == watermark:
-                                at_mark.add(key)
-                    if not kept:
-                        continue  # every row of the chunk was read before: nothing to commit
-                    data = _to_arrow(kept, names, schema)
-                    state: dict[str, Any] = {
-                        "kind": self.kind,
-                        "watermark": _encode(watermark),
-                        "at_watermark": sorted(at_mark),
-                        "loads": loads,
-                    }
-                    yield SourceBatch(data, state, f"{len(kept):,} row(s)", units=len(kept))
+                yield from self._reconcile(conn, schema, after)
+                yield from self._load(conn, schema, pos, after)
         except sa.exc.OperationalError as exc:
             raise TransientSourceError(
                 f"{self.dataset}: database unavailable: {str(exc).splitlines()[0]}",
@@ -280,15 +277,134 @@ class SqlSource(Source):
                 dataset=self.dataset,
             ) from None
 
+    def _reconcile(
+        self, conn: Any, schema: dict[str, Any], after: Position
+    ) -> Iterator[SourceBatch]:
+        """The tombstones of the rows deleted in the source, as one batch (none when nothing
+        is gone). Runs before the incremental read, so that the run's batches carry its time;
+        a clean reconcile in a run with nothing new is recorded by the next batch."""
+        if self.config.reconcile is None:
+            return
+        now = sql_reconcile.clock()
+        if after.watermark is None:
+            # Nothing read yet (a first load, --full-refresh): this run reads every row.
+            after.reconciled_at = now.isoformat()
+            return
+        if self._reconcile_due(after, now) is None:
+            return
+        after.reconciled_at = now.isoformat()
+        table = None if self.target is None else self.target()
+        if table is None:
+            return
+        keys, cursor = self.config.primary_key, self.config.cursor
+        gone = sql_reconcile.gone_rows(self.dataset, table, self._keys(conn, schema), keys, cursor)
+        if not gone.num_rows:
+            return
+        after.deleted_keys += gone.num_rows
+        yield SourceBatch(
+            gone,
+            self._state(after),
+            f"{gone.num_rows:,} deleted row(s)",
+            units=gone.num_rows,
+            transformed=True,
+        )
+
+    def _keys(self, conn: Any, schema: dict[str, Any]) -> Iterator[Any]:
+        """The source's primary keys now, in chunks. A key that cannot be typed is left out:
+        its row went to the dead-letter queue, so the table does not have it either."""
+        import sqlalchemy as sa
+
+        keys = self.config.primary_key
+        query: Any = sa.select(*(sa.column(k) for k in keys)).select_from(self._relation())
+        result = conn.execution_options(stream_results=True).execute(query)
+        while rows := result.fetchmany(sql_reconcile.KEY_CHUNK_ROWS):
+            yield _typed(rows, keys, schema, self.config.origin, None)[0]
+
+    def _load(
+        self, conn: Any, schema: dict[str, Any], pos: Position, after: Position
+    ) -> Iterator[SourceBatch]:
+        """What is new since ``pos``: one batch per chunk (one in all for a full load)."""
+        query, params = self._select(pos)
+        key_cols = self.config.primary_key
+        cursor = self.config.cursor
+        result = conn.execution_options(stream_results=True).execute(query, params)
+        names = list(result.keys())
+        for name in [*key_cols, *([cursor] if cursor else [])]:
+            if name not in names:
+                raise SourceError(
+                    f"{self.dataset}: column {name!r} is not in the source's rows",
+                    dataset=self.dataset,
+                    hint="found: " + ", ".join(names),
+                )
+        skip_seen = pos.watermark is not None and self.config.lookback is None
+        loaded = False
+        read = 0  # rows fetched by this run: a dead letter's ``line``
+        while True:
+            # A full load replaces the table: one batch, one commit, so readers never see a
+            # table half replaced. Incremental loads commit chunk by chunk.
+            rows = result.fetchall() if cursor is None else result.fetchmany(self.config.chunk_rows)
+            if not rows:
+                if cursor is None and not loaded:
+                    # The source is empty: the full load makes the table empty too.
+                    data = _to_arrow([], names, schema)
+                    empty: dict[str, Any] = {"kind": self.kind, "loads": after.loads}
+                    yield SourceBatch(data, empty, "0 rows (source is empty)")
+                break
+            loaded = True
+            kept, lines = [], []
+            for row in rows:
+                read += 1
+                if cursor is not None:
+                    record = row._mapping
+                    value = record[cursor]
+                    key = _row_key(record, key_cols or names)
+                    if skip_seen and value == pos.watermark and key in pos.at_watermark:
+                        continue  # read before, at the watermark: exactly once
+                    # Every row read moves the position, a rejected one too: it is not read
+                    # again (it is in the dead-letter queue).
+                    if after.watermark is None or value > after.watermark:
+                        after.watermark, after.at_watermark = value, {key}
+                    elif value == after.watermark:
+                        after.at_watermark.add(key)
+                kept.append(row)
+                lines.append(read)
+            if not kept:
+                continue  # every row of the chunk was read before: nothing to commit
+            data, rejected = _typed(kept, names, schema, self.config.origin, lines)
+            if self.config.reconcile is not None:
+                data = sql_reconcile.flag(data, False)
+            described = f"{data.num_rows:,} row(s)"
+            if rejected is not None:
+                described += f", {rejected.num_rows:,} rejected"
+            yield SourceBatch(
+                data, self._state(after), described, units=len(kept), rejected=rejected
+            )
+
+    def _state(self, after: Position) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "kind": self.kind,
+            "watermark": _encode(after.watermark),
+            "at_watermark": sorted(after.at_watermark),
+            "loads": after.loads,
+        }
+        if self.config.reconcile is not None:
+            state["reconciled_at"] = after.reconciled_at
+            state["deleted_keys"] = after.deleted_keys
+        return state
+
     def status(self, position: Any) -> SourceStatus:
         pos: Position = position
         target = self.config.table or "query"
+        details: dict[str, Any] = {
+            "cursor": self.config.cursor,
+            "watermark": _encode(pos.watermark),
+        }
+        if self.config.reconcile is not None:
+            details["reconcile_every"] = self.config.reconcile.every
+            details["reconciled_at"] = pos.reconciled_at
+            details["deleted_keys"] = pos.deleted_keys
         return SourceStatus(
-            kind=self.kind,
-            target=target,
-            consumed=pos.loads,
-            pending=0,
-            details={"cursor": self.config.cursor, "watermark": _encode(pos.watermark)},
+            kind=self.kind, target=target, consumed=pos.loads, pending=0, details=details
         )
 
 
@@ -323,15 +439,106 @@ def _to_arrow(rows: list[Any], names: list[str], schema: dict[str, Any]) -> Any:
     DECIMAL(38, 18) so that chunks of a query agree."""
     import pyarrow as pa
 
-    arrays = []
+    arrays = [_column([r[i] for r in rows], schema.get(name)) for i, name in enumerate(names)]
+    return pa.table(arrays, names=names)
+
+
+def _column(values: list[Any], typ: Any) -> Any:
+    import pyarrow as pa
+
+    if typ is not None and pa.types.is_decimal(typ):
+        # SQLite returns a DECIMAL column's values as floats; Arrow takes only Decimals.
+        values = [Decimal(repr(v)) if isinstance(v, float) else v for v in values]
+    array = pa.array(values, type=typ) if typ is not None else pa.array(values)
+    if typ is None and pa.types.is_decimal(array.type):
+        array = array.cast(pa.decimal128(38, 18))
+    return array
+
+
+def _conversion_errors() -> tuple[type[Exception], ...]:
+    import pyarrow as pa
+
+    return (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError)
+
+
+def _typed(
+    rows: list[Any],
+    names: list[str],
+    schema: dict[str, Any],
+    origin: str,
+    lines: list[int] | None,
+) -> tuple[Any, Any]:
+    """(the chunk as Arrow, its rows that cannot be typed as dead letters or None).
+
+    The chunk is converted whole; only when that fails is each failing column converted
+    value by value, and a row with a value that does not convert is rejected — with the
+    column, the type expected and the value found — while the other rows go on. A query's
+    column (no declared type) that fails whole takes the type of its first value.
+    """
+    errors = _conversion_errors()
+    try:
+        return _to_arrow(rows, names, schema), None
+    except errors:
+        pass
+    from lakeforge.sources import dead_letters
+
+    types = dict(schema)
+    bad: dict[int, str] = {}
     for i, name in enumerate(names):
         values = [r[i] for r in rows]
-        typ = schema.get(name)
-        array = pa.array(values, type=typ) if typ is not None else pa.array(values)
-        if typ is None and pa.types.is_decimal(array.type):
-            array = array.cast(pa.decimal128(38, 18))
-        arrays.append(array)
-    return pa.table(arrays, names=names)
+        try:
+            _column(values, schema.get(name))
+            continue
+        except errors:
+            pass
+        typ = types[name] = schema.get(name) or _first_type(values)
+        for j, value in enumerate(values):
+            if j in bad:
+                continue
+            try:
+                _column([value], typ)
+            except errors as exc:
+                bad[j] = f"column {name!r}: expected {typ}, found {_shown(value)}: {exc}"
+    good = [row for j, row in enumerate(rows) if j not in bad]
+    rejected = dead_letters.rejects(
+        [
+            (_raw(rows[j], names), error, origin, None if lines is None else lines[j])
+            for j, error in sorted(bad.items())
+        ]
+    )
+    return _to_arrow(good, names, types), rejected
+
+
+def _first_type(values: list[Any]) -> Any:
+    """The type of a column's first value that converts on its own (null: none does)."""
+    import pyarrow as pa
+
+    for value in values:
+        if value is not None:
+            try:
+                return _column([value], None).type
+            except _conversion_errors():
+                continue
+    return pa.null()
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _raw(row: Any, names: list[str]) -> bytes:
+    """A rejected row as JSON: JSON values as they are, times in ISO, any other value as its
+    ``repr`` (bytes, decimals …), so nothing of it is lost."""
+    import json
+
+    def other(value: Any) -> str:
+        if isinstance(value, dt.datetime | dt.date | dt.time):
+            return value.isoformat()
+        return repr(value)
+
+    text = json.dumps(dict(zip(names, row, strict=True)), default=other, ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _row_key(record: Any, columns: list[str]) -> str:
