@@ -11,10 +11,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import bronze_load, checks, ingest, merge, pipeline
+from bench import bronze_load, checks, ingest, merge, pipeline, plan
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (bronze_load, merge, pipeline, checks, ingest)
+    m.NAME: m for m in (bronze_load, merge, pipeline, checks, ingest, plan)
 }
 TARGET_RATIO = 1.3  # unless a benchmark module sets its own
 
@@ -73,6 +73,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
                 f"read into pandas; {gx['speedup_gx_without_relationships']}x with GX running "
                 "only the 19 other checks)"
             )
+    for r in results:
+        for note in r.get("notes", []):
+            print(f"  {r['benchmark']}: {note}")
     for r in results:
         print(f"  {r['path']}")
 

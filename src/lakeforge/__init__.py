@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lakeforge.graph.decorators import table, view
+    from lakeforge.graph.partitions import Daily, Hourly, Monthly, Static
     from lakeforge.graph.spec import SCD2, Append, ColumnSpec, Merge, Overwrite, ReplacePartitions
     from lakeforge.sources.files import FilesConfig as files
     from lakeforge.sources.rest import RestConfig as rest
@@ -29,6 +30,10 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Merge": ("lakeforge.graph.spec", "Merge"),
     "Overwrite": ("lakeforge.graph.spec", "Overwrite"),
     "ReplacePartitions": ("lakeforge.graph.spec", "ReplacePartitions"),
+    "Daily": ("lakeforge.graph.partitions", "Daily"),
+    "Hourly": ("lakeforge.graph.partitions", "Hourly"),
+    "Monthly": ("lakeforge.graph.partitions", "Monthly"),
+    "Static": ("lakeforge.graph.partitions", "Static"),
     "files": ("lakeforge.sources.files", "FilesConfig"),
     "database": ("lakeforge.sources.sql_db", "SqlConfig"),
     "rest": ("lakeforge.sources.rest", "RestConfig"),
@@ -38,9 +43,13 @@ __all__ = [
     "SCD2",
     "Append",
     "ColumnSpec",
+    "Daily",
+    "Hourly",
     "Merge",
+    "Monthly",
     "Overwrite",
     "ReplacePartitions",
+    "Static",
     "__version__",
     "database",
     "files",

@@ -145,5 +145,9 @@ class TransformError(LakeforgeError, Terminal):
     """User transform code raised an exception."""
 
 
+class PartitionsFailed(LakeforgeError, Terminal):
+    """Some partitions of a dataset failed to build (each was retried on its own)."""
+
+
 class DatasetNotFound(LakeforgeError, Terminal):
     """A dataset name does not exist in the project, or has never been built."""

@@ -212,7 +212,7 @@ def test_reopen_is_idempotent_and_skips_alembic(
     engine = create_engine(db_url)
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": "lf_alembic_version"})
-        assert context.get_current_heads() == ("0002",)
+        assert context.get_current_heads() == ("0005",)
     engine.dispose()
 
 
@@ -494,7 +494,7 @@ def test_upgrade_from_0001_keeps_runs_and_downgrade_drops_check_results(tmp_path
     assert schema_revision(db_url) == ("0001",)
 
     with MetadataStore(db_url) as opened:
-        assert schema_revision(db_url) == ("0002",)
+        assert schema_revision(db_url) == ("0005",)
         assert [r.id for r in opened.list_runs()] == ["old-1", "old-0"]
         old = opened.get_run("old-1")
         assert (old.status, old.options, old.counts) == (
@@ -529,7 +529,7 @@ def test_upgrade_from_0001_keeps_runs_and_downgrade_drops_check_results(tmp_path
     with MetadataStore(db_url) as reopened:
         assert reopened.list_check_results() == []
         assert len(reopened.get_run("old-0").tasks) == 1
-    assert schema_revision(db_url) == ("0002",)
+    assert schema_revision(db_url) == ("0005",)
 
 
 def test_check_results_round_trip(store: MetadataStore) -> None:

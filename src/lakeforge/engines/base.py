@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from lakeforge.graph.partitions import Partition
     from lakeforge.graph.spec import Dataset
     from lakeforge.storage.delta import PinnedTable
 
@@ -28,6 +29,8 @@ class TransformContext:
         full_refresh: whether the table is rebuilt from scratch.
         input_versions: the Delta version each input is pinned to.
         vars: the project's ``vars`` from lakeforge.yml.
+        partition: the partition being built (partitioned datasets): ``.key``, and
+            ``.start``/``.end`` (time partitions) or ``.value`` (static ones).
     """
 
     run_id: str
@@ -36,6 +39,7 @@ class TransformContext:
     full_refresh: bool = False
     input_versions: dict[str, int] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
+    partition: Partition | None = None
 
 
 class Engine(Protocol):

@@ -59,7 +59,7 @@ class DuckDBEngine:
             for view in views:
                 self._define_view(con, view, context)
             if ds.sql is not None:
-                return self._run_sql(con, ds)
+                return self._run_sql(con, ds, context)
             return to_arrow(self._call(con, ds, context), ds)
         finally:
             con.close()
@@ -110,12 +110,19 @@ class DuckDBEngine:
         else:
             con.register(view.name, to_arrow(result, view))
 
-    def _run_sql(self, con: duckdb.DuckDBPyConnection, ds: Dataset) -> pa.Table:
+    def _run_sql(
+        self, con: duckdb.DuckDBPyConnection, ds: Dataset, context: TransformContext
+    ) -> pa.Table:
         import duckdb
 
         assert ds.sql is not None
+        sql = ds.sql
+        if context.partition is not None and ds.config.partitions is not None:
+            from lakeforge.graph.partitions import expand_macros
+
+            sql = expand_macros(sql, context.partition, ds.config.partitions.time_type)
         try:
-            return fetch_arrow(con, ds.sql)
+            return fetch_arrow(con, sql)
         except duckdb.Error as exc:
             raise _sql_error(ds, exc) from None
 

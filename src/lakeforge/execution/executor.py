@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from lakeforge.engines.base import TransformContext
 from lakeforge.errors import CommitConflict, DatasetNotFound, LakeforgeError, QualityGateFailed
+from lakeforge.execution.column_impact import ColumnImpact
 from lakeforge.execution.locks import DatasetLock
 from lakeforge.execution.planner import Assessment, assess, plan
 from lakeforge.execution.results import (
@@ -29,6 +30,7 @@ from lakeforge.execution.results import (
     new_run_id,
 )
 from lakeforge.graph.selection import select
+from lakeforge.metadata.intervals import IntervalLedger
 from lakeforge.observability.runlog import RunLog, RunLogRecord
 from lakeforge.project.config import STATE_DIR
 from lakeforge.quality.checks import CheckTarget
@@ -68,6 +70,7 @@ class Runner:
         metadata: MetadataStore | None = None,
         listener: RunListener | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         from lakeforge.engines.duckdb import DuckDBEngine
 
@@ -83,12 +86,27 @@ class Runner:
         self.listener: RunListener = listener or SilentListener()
         self.runlog = RunLog(project.root / STATE_DIR)
         self.sleep = sleep
+        # What time it is for partitions (only complete intervals are built); tests set it.
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self.ledger = IntervalLedger(self.metadata)
 
     def plan(
-        self, selection: str | list[str] | None = None, *, full_refresh: bool = False
+        self,
+        selection: str | list[str] | None = None,
+        *,
+        full_refresh: bool = False,
+        backfill: dict[str, set[str]] | None = None,
     ) -> list[Assessment]:
         names = select(self.graph, selection)
-        return plan(self.graph, self.store, self.project.root, names, full_refresh=full_refresh)
+        return self._plan(names, full_refresh, backfill)
+
+    def _plan(
+        self, names: list[str], full_refresh: bool, backfill: dict[str, set[str]] | None
+    ) -> list[Assessment]:
+        return plan(
+            self.graph, self.store, self.project.root, names, full_refresh=full_refresh,
+            ledger=self.ledger, now=self.clock(), backfill=backfill,
+        )  # fmt: skip
 
     def run(
         self,
@@ -99,18 +117,21 @@ class Runner:
         threads: int | None = None,
         gate: bool = True,
         replay: dict[str, Any] | None = None,
+        backfill: dict[str, set[str]] | None = None,
+        concurrency: int = 1,
+        options: dict[str, Any] | None = None,
     ) -> RunResult:
         """Build what is stale in ``selection`` (everything when empty).
 
         ``gate=False`` (``--no-gate``) still evaluates every expectation and check, but no
-        result blocks a publish; the run records that it was not gated.
+        result blocks a publish; the run records that it was not gated. ``backfill`` names
+        partitions to rebuild whatever their state; ``concurrency`` partitions of a dataset
+        are built at once; ``options`` are recorded with the run.
         """
         started = datetime.now(UTC)
         run_id = new_run_id()
         names = select(self.graph, selection)
-        assessments = plan(
-            self.graph, self.store, self.project.root, names, full_refresh=full_refresh
-        )
+        assessments = self._plan(names, full_refresh, backfill)
         self.listener.on_plan(names, assessments)
         if dry_run:
             tasks = [self._planned(a, started) for a in assessments]
@@ -122,9 +143,14 @@ class Runner:
             selection=sel_text or None,
             full_refresh=full_refresh,
             started_at=started,
-            options={"gate": gate},
+            options={"gate": gate, **(options or {})},
         )
-        opts = RunOptions(gate=gate, replay=dict(replay or {}))
+        opts = RunOptions(
+            gate=gate,
+            replay=dict(replay or {}),
+            backfill={k: set(v) for k, v in (backfill or {}).items()},
+            concurrency=concurrency,
+        )
         results = self._execute(run_id, started, names, full_refresh, threads, opts)
         failed = any(r.status in ("failed", "upstream_failed") for r in results.values())
         status = "failed" if failed else "success"
@@ -137,7 +163,12 @@ class Runner:
             error=str(first_error) if first_error else None,
         )
         ordered = [results[n] for n in names]
-        return RunResult(run_id, status, started, finished, ordered, gate=gate)
+        result = RunResult(run_id, status, started, finished, ordered, gate=gate)
+        if self.project.config.alerts:  # never raises; recorded in the run's options
+            from lakeforge.scheduling.alerts import notify_run
+
+            notify_run(self.project, self.metadata, result)
+        return result
 
     def _planned(self, a: Assessment, at: datetime) -> TaskResult:
         ds = self.graph[a.dataset]
@@ -228,7 +259,7 @@ class Runner:
             )
             self.listener.on_task_end(result)
             return result
-        with DatasetLock(self.project.root / STATE_DIR, name):
+        with DatasetLock(self.project.root / STATE_DIR, name, self.metadata, self.store.uri(name)):
             return self._locked_task(run_id, run_started, ds, full_refresh, started, opts)
 
     def _locked_task(
@@ -241,9 +272,17 @@ class Runner:
         opts: RunOptions,
     ) -> TaskResult:
         name = ds.name
-        assessment = assess(
-            ds, self.graph, self.store, self.project.root, full_refresh=full_refresh
-        )
+        partitioned = None
+        if ds.config.partitions is not None:
+            from lakeforge.execution.partition_builds import PartitionedTask
+
+            partitioned = PartitionedTask(self, run_id, run_started, opts)
+            assessment = partitioned.assess(ds, full_refresh)
+        else:
+            assessment = assess(
+                ds, self.graph, self.store, self.project.root, full_refresh=full_refresh,
+                impact=ColumnImpact(self.store, self.ledger.definition),
+            )  # fmt: skip
         if name in opts.replay:
             assessment.stale, assessment.reasons = True, [opts.replay[name].reason]
         if not assessment.stale:
@@ -268,6 +307,8 @@ class Runner:
             self.listener.on_task_end(result)
             return result
         self.listener.on_task_start(name, assessment.reason)
+        if partitioned is not None:
+            return self._partitioned_task(partitioned, ds, assessment, started)
         task_id = self.metadata.start_task(
             run_id, dataset=name, layer=ds.layer, reason=assessment.reason, started_at=started
         )
@@ -306,6 +347,12 @@ class Runner:
                 result.traceback = traceback.format_exc()
                 break
         result.finished_at = datetime.now(UTC)
+        if result.status == "success":
+            # What this fingerprint stands for, so a later plan can show what changed.
+            self.ledger.record_definition(
+                name, assessment.fingerprint, ds.language, ds.sql or ds.source_text,
+                result.finished_at,
+            )  # fmt: skip
         self.metadata.finish_task(
             task_id,
             status=result.status,
@@ -334,6 +381,26 @@ class Runner:
                 ]
             )
         self._log(run_id, result)
+        self.listener.on_task_end(result)
+        return result
+
+    def _partitioned_task(
+        self, partitioned: Any, ds: Any, assessment: Assessment, started: datetime
+    ) -> TaskResult:
+        """Each partition is its own task in the store; the run shows one per dataset."""
+        result = TaskResult(
+            ds.name, ds.layer, "running", assessment.reason, started, started,
+            fingerprint=assessment.fingerprint,
+        )  # fmt: skip
+        try:
+            partitioned.build(ds, assessment, result)
+            result.status = "success"
+        except LakeforgeError as exc:
+            result.status, result.error = "failed", exc
+            result.traceback = result.traceback or traceback.format_exc()
+        result.attempts = max((p.attempts for p in result.partitions), default=1)
+        result.finished_at = datetime.now(UTC)
+        self._log(partitioned.run_id, result)
         self.listener.on_task_end(result)
         return result
 
@@ -406,6 +473,7 @@ class Runner:
             external_state=assessment.external_state,
             full_refresh=full_refresh,
             source_state=source_state,
+            change=assessment.change.to_metadata() if assessment.change is not None else None,
         )
         if outcome.quarantined is not None:
             # Before the dataset's commit: a published batch never lacks its quarantined rows.
@@ -470,6 +538,10 @@ class Runner:
         else:
             committed = self.store.commit_infos(ds.name)
             position = source.recover(i.source_state for i in committed if i.source_state)
+        # A source may compare with what it ingested (a SQL reconcile): the table as the task
+        # found it, pinned now; none on --full-refresh, which rebuilds it from scratch.
+        found = None if full_refresh else self.store.version(ds.name)
+        source.target = lambda: None if found is None else self.store.read(ds.name, found)
         # Totals of the batches committed; kept when a later batch fails or is blocked.
         totals: dict[str, Any] = {"source": {"batches": 0, "units": 0}}
         result.rows_in = 0
@@ -478,8 +550,12 @@ class Runner:
                 totals["source"]["batches"] = batches
                 totals["source"]["units"] += batch.units
                 result.rows_in += batch.data.num_rows
-                pinned = PinnedTable(SOURCE_INPUT, -1, [pads.dataset(batch.data)])
-                data = self.engine.transform(ds, {**inputs, SOURCE_INPUT: pinned}, views, context)
+                if batch.transformed:  # rows of the table itself (a reconcile's tombstones)
+                    data = batch.data
+                else:
+                    pinned = PinnedTable(SOURCE_INPUT, -1, [pads.dataset(batch.data)])
+                    batch_inputs = {**inputs, SOURCE_INPUT: pinned}
+                    data = self.engine.transform(ds, batch_inputs, views, context)
                 # The first batch replaces the table on --full-refresh, and on every run of a
                 # source that reads everything each time (a full load).
                 replaces = full_refresh or source.replaces_table
@@ -522,6 +598,7 @@ class Runner:
         result: TaskResult,
         gate: bool,
         unpublished: str = "nothing published",
+        replaces: str | None = None,
     ) -> AuditOutcome:
         """Expectations and checks on the candidate; raises when the gate blocks it."""
         outcome = audit(
@@ -535,6 +612,7 @@ class Runner:
                 ds.name, name, limit=window, before_run=run_id
             ),
             sample_size=self.project.config.quality.sample_rows,
+            replaces=replaces,
         )
         result.checks = [*result.checks[: result.checks_recorded], *outcome.results]
         result.metrics.update(

@@ -20,6 +20,34 @@ def new_run_id() -> str:
 
 
 @dataclass
+class PartitionResult:
+    """The outcome of one partition built by a task."""
+
+    key: str
+    status: str  # success | failed
+    reason: str
+    duration: float = 0.0
+    attempts: int = 0
+    rows_before: int | None = None
+    rows: int | None = None
+    version: int | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "partition": self.key,
+            "status": self.status,
+            "reason": self.reason,
+            "duration_seconds": round(self.duration, 3),
+            "attempts": self.attempts,
+            "rows_before": self.rows_before,
+            "rows": self.rows,
+            "version": self.version,
+            "error": self.error,
+        }
+
+
+@dataclass
 class TaskResult:
     """The outcome of one dataset in a run."""
 
@@ -42,6 +70,7 @@ class TaskResult:
     checks: list[CheckResult] = field(default_factory=list)
     checks_recorded: int = 0  # leading results already stored (batches published earlier)
     task_id: int | None = None
+    partitions: list[PartitionResult] = field(default_factory=list)
 
     @property
     def duration(self) -> float:
@@ -66,6 +95,7 @@ class TaskResult:
             "error": self.error.to_dict() if self.error else None,
             "metrics": self.metrics,
             "checks": [c.to_dict() for c in self.checks],
+            "partitions": [p.to_dict() for p in self.partitions],
         }
 
     def check_counts(self) -> dict[str, int]:
@@ -122,10 +152,14 @@ class RunOptions:
         gate: blocking checks stop a publish (``--no-gate`` turns it off).
         replay: dataset → a source whose batches are ingested whatever the plan says (used
             to re-ingest dead letters).
+        backfill: dataset → partition keys rebuilt whatever their state.
+        concurrency: partitions of one dataset built at once.
     """
 
     gate: bool = True
     replay: dict[str, Any] = field(default_factory=dict)
+    backfill: dict[str, set[str]] = field(default_factory=dict)
+    concurrency: int = 1
 
 
 class RunListener(Protocol):
@@ -134,6 +168,7 @@ class RunListener(Protocol):
     def on_plan(self, names: list[str], assessments: list[Assessment]) -> None: ...
     def on_task_start(self, dataset: str, reason: str) -> None: ...
     def on_task_end(self, result: TaskResult) -> None: ...
+    def on_partition_end(self, dataset: str, result: PartitionResult, total: int) -> None: ...
 
 
 class SilentListener:
@@ -144,4 +179,7 @@ class SilentListener:
         return None
 
     def on_task_end(self, result: TaskResult) -> None:
+        return None
+
+    def on_partition_end(self, dataset: str, result: PartitionResult, total: int) -> None:
         return None

@@ -121,7 +121,9 @@ def table(function: F | None = None, /, *, name: str | None = None, **options: A
         name: dataset name (default: the function name).
         **options: any key of a dataset configuration: ``layer``, ``description``,
             ``owner``, ``tags``, ``columns``, ``partition_by``, ``cluster_by``,
-            ``schema_evolution``, ``retries``, ``write`` (``lf.Merge(...)`` etc.).
+            ``schema_evolution``, ``retries``, ``write`` (``lf.Merge(...)`` etc.),
+            ``partitions`` (``lf.Daily(start=..., column=...)``: the function is called once
+            per partition; ``context.partition`` has its ``start``/``end``).
 
     Example:
         >>> @lf.table(layer="silver", write=lf.Merge(keys=["order_id"]))

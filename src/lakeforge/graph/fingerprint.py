@@ -34,6 +34,12 @@ def definition_payload(ds: Dataset) -> dict[str, object]:
     }
     if row_filters:  # absent when empty: fingerprints of datasets without them are unchanged
         config["row_filters"] = row_filters
+    if ds.config.partitions is not None:
+        # What a partition holds; its start or lookback do not change built partitions.
+        config["partitions"] = {
+            "kind": ds.config.partitions.kind,
+            "column": ds.config.partitions.column,
+        }
     return {"language": ds.language, "definition": ds.source_text, "config": config}
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lakeforge.errors import Location
+from lakeforge.graph.partitions import Partitioning, partitioning_shorthand
 from lakeforge.quality.spec import (
     Action,
     Check,
@@ -23,6 +24,7 @@ from lakeforge.quality.spec import (
     expand_check_shorthand,
     expectations_from,
 )
+from lakeforge.scheduling.spec import FreshnessSLA
 from lakeforge.sources.files import FilesConfig
 from lakeforge.sources.rest import RestConfig
 from lakeforge.sources.sql_db import SqlConfig
@@ -135,6 +137,13 @@ class DatasetConfig(_Strict):
     on_violation: Action = "warn"
     checks: list[Check] = Field(default_factory=list)
     source: SourceConfig | None = None
+    partitions: Partitioning | None = None
+    freshness: FreshnessSLA | None = None  # not fingerprinted: it does not shape the data
+
+    @field_validator("partitions", mode="before")
+    @classmethod
+    def _partitions_shorthand(cls, value: Any) -> Any:
+        return partitioning_shorthand(value)
 
     @field_validator("name")
     @classmethod
@@ -202,6 +211,13 @@ class DatasetConfig(_Strict):
                 f"write strategy {self.write.strategy} would make each source batch replace "
                 "the one before: use append (the default with a source), merge or scd2"
             )
+        if isinstance(self.write, SCD2) and getattr(self.source, "reconcile", None) is not None:
+            raise ValueError(
+                "source reconcile writes the table's own rows back, flagged _lf_deleted: use an "
+                "append or merge write, not scd2"
+            )
+        if self.kind == "view" and self.freshness is not None:
+            raise ValueError("a view is computed when read: put freshness on a table")
         if self.kind == "view" and (self.expect or self.checks):
             raise ValueError("a view is not materialized: put expect/checks on a table")
         if isinstance(self.write, SCD2) and any(c.scope == "table" for c in self.checks):
@@ -209,6 +225,19 @@ class DatasetConfig(_Strict):
                 "checks with scope: table are not available for scd2 writes; check the batch "
                 "(the default) or a view of the current rows downstream"
             )
+        if self.partitions is not None:
+            if self.kind == "view":
+                raise ValueError("a view is not materialized: it takes no partitions")
+            if self.source is not None:
+                raise ValueError(
+                    "a dataset with a source is built batch by batch as data arrives: it "
+                    "takes no partitions (partition the datasets downstream of it)"
+                )
+            if self.write.strategy != "overwrite":
+                raise ValueError(
+                    f"a partitioned dataset replaces one partition per build; write strategy "
+                    f"{self.write.strategy} does not apply (remove `write`)"
+                )
         names = [c.label for c in self.checks]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -31,6 +31,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 RUN_STATUSES = ("running", "success", "failed", "partial")
 TASK_STATUSES = ("running", "success", "failed", "skipped", "up_to_date", "upstream_failed")
+INTERVAL_STATUSES = ("running", "built", "failed")
+ALERT_STATUSES = ("firing", "resolved")
 CHECK_STATUSES = ("pass", "warn", "fail", "error", "skipped")
 # Where a check result comes from: a dataset's expectations, its checks, or its contract.
 CHECK_ORIGINS = ("expectation", "check", "contract")
@@ -123,6 +125,7 @@ class Task(Base):
         String(64), ForeignKey("lf_runs.id", ondelete="CASCADE"), index=True
     )
     dataset: Mapped[str] = mapped_column(String(255))
+    partition_key: Mapped[str | None] = mapped_column(String(64))
     layer: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
@@ -175,6 +178,96 @@ class CheckResultRow(Base):
     created_at: Mapped[datetime]
 
 
+class IntervalRow(Base):
+    """The interval ledger: the latest state of one partition of a partitioned dataset."""
+
+    __tablename__ = "lf_intervals"
+
+    dataset: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    fingerprint: Mapped[str | None] = mapped_column(String(128))
+    input_versions: Mapped[dict[str, int]] = mapped_column(default=dict)
+    rows: Mapped[int | None] = mapped_column(BigInteger)
+    rows_before: Mapped[int | None] = mapped_column(BigInteger)
+    version: Mapped[int | None] = mapped_column(BigInteger)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+    built_at: Mapped[datetime | None]
+
+
+class DefinitionRow(Base):
+    """A dataset definition by fingerprint, so a plan can show what changed in the code."""
+
+    __tablename__ = "lf_definitions"
+
+    fingerprint: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(255), primary_key=True)
+    language: Mapped[str] = mapped_column(String(16))
+    definition: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class AlertRow(Base):
+    """The state of one alert condition (event, dataset, subject): firing or resolved, and
+    what each channel was told (``scheduling/alert_book.py``)."""
+
+    __tablename__ = "lf_alerts"
+
+    event: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(255), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(512), primary_key=True)  # "" when none
+    status: Mapped[str] = mapped_column(String(16))
+    severity: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    first_fired: Mapped[datetime]
+    last_fired: Mapped[datetime]
+    resolved_at: Mapped[datetime | None]
+    last_sent: Mapped[datetime | None]
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    # Per channel: what it was told, what it is owed, its last error.
+    deliveries: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    undelivered: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class QueueItemRow(Base):
+    """A run waiting in (or taken from) the run queue that workers share."""
+
+    __tablename__ = "lf_queue"
+    __table_args__ = (Index("ix_lf_queue_status_priority", "status", "priority", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(16))
+    selection: Mapped[list[str] | None] = mapped_column(JSONDocument, nullable=True)
+    backfill: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument, nullable=True)
+    full_refresh: Mapped[bool] = mapped_column(Boolean, default=False)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    pool: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    # Unique while the item is queued or claimed; cleared when it finishes.
+    dedupe_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    not_before: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime]
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
+    claimed_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class PoolRow(Base):
+    """A concurrency pool: locked while a worker counts its running items."""
+
+    __tablename__ = "lf_pools"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 # Plain records handed out by the store, detached from any session (safe across threads).
 
 
@@ -199,6 +292,7 @@ class TaskRecord:
         fingerprint: code fingerprint of the transform.
         error: error message when failed.
         metrics: free-form task metrics.
+        partition_key: the partition built (partitioned datasets).
     """
 
     id: int
@@ -217,6 +311,7 @@ class TaskRecord:
     fingerprint: str | None
     error: str | None
     metrics: dict[str, Any]
+    partition_key: str | None = None
 
     @classmethod
     def of(cls, task: Task) -> TaskRecord:
@@ -238,6 +333,7 @@ class TaskRecord:
             fingerprint=task.fingerprint,
             error=task.error,
             metrics=dict(task.metrics or {}),
+            partition_key=task.partition_key,
         )
 
 

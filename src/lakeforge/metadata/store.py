@@ -192,6 +192,7 @@ class MetadataStore:
         layer: str | None,
         reason: str | None,
         started_at: datetime,
+        partition_key: str | None = None,
     ) -> int:
         """Record a task that starts executing now.
 
@@ -206,6 +207,7 @@ class MetadataStore:
             Task(
                 run_id=run_id,
                 dataset=dataset,
+                partition_key=partition_key,
                 layer=layer,
                 status="running",
                 reason=reason,
@@ -479,6 +481,43 @@ class MetadataStore:
                 return task.id
         except IntegrityError as exc:
             raise _no_run(task.run_id) from exc
+
+    @property
+    def shared(self) -> bool:
+        """Whether several machines may share this store (PostgreSQL), so locks must be
+        taken in it rather than on the local disk."""
+        return self._engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def advisory_lock(self, key: str) -> Iterator[None]:
+        """Hold an exclusive lock named ``key`` across every process using this store
+        (PostgreSQL advisory lock; released by the server if the process dies). A no-op
+        for SQLite, whose users share one machine and lock with files."""
+        if not self.shared:
+            yield
+            return
+        lock_id = text("SELECT hashtextextended(:key, 0)")
+        try:
+            conn = self._engine.connect()
+        except DBAPIError as exc:
+            raise _unavailable(self.url, exc) from exc
+        try:
+            ident = conn.execute(lock_id, {"key": key}).scalar_one()
+            conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": ident})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": ident})
+                conn.commit()
+        finally:
+            conn.close()
+
+    @contextmanager
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """A short session in one transaction, for the store's companions (the ledger)."""
+        with self._session(write=write) as session:
+            yield session
 
     @contextmanager
     def _session(self, *, write: bool = False) -> Iterator[Session]:

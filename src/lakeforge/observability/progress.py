@@ -14,12 +14,13 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Table
 
 if TYPE_CHECKING:
     from lakeforge.execution.planner import Assessment
-    from lakeforge.execution.results import RunResult, TaskResult
+    from lakeforge.execution.results import PartitionResult, RunResult, TaskResult
 
 STATUS_STYLE = {
     "success": "green",
@@ -42,6 +43,7 @@ class RunProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=console,
             transient=True,
         )
@@ -62,6 +64,18 @@ class RunProgress:
         self.rows[dataset] = self.progress.add_task(
             f"[cyan]{dataset}[/] [dim]{escape(reason)}[/]", total=None
         )
+
+    def on_partition_end(self, dataset: str, result: PartitionResult, total: int) -> None:
+        """A partition is done: the dataset's row becomes a bar over its partitions (ETA)."""
+        row = self.rows.get(dataset)
+        if row is None:
+            return
+        self.progress.update(row, total=total, advance=1)
+        if result.status == "failed":
+            self.progress.console.print(
+                f"[bold red]✗[/] {dataset} [{escape(result.key)}] "
+                f"[dim]{escape((result.error or '').splitlines()[0][:120])}[/]"
+            )
 
     def on_task_end(self, result: TaskResult) -> None:
         row = self.rows.pop(result.dataset, None)

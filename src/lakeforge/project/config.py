@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from lakeforge.errors import ConfigError, Location
 from lakeforge.project.yamlconf import load_yaml, validate
+from lakeforge.scheduling.spec import AlertChannels
 
 CONFIG_FILE = "lakeforge.yml"
 STATE_DIR = ".lakeforge"
@@ -53,6 +54,8 @@ class ProjectConfig(BaseModel):
         defaults: dataset defaults.
         quality: quality-gate settings.
         vars: free-form values for pipelines.
+        alerts: alert channels (webhook, command, log); see docs/freshness-alerts.md.
+        pools: concurrency pools of queued runs: name → runs at once over all workers.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -66,6 +69,8 @@ class ProjectConfig(BaseModel):
     defaults: DatasetDefaults = Field(default_factory=DatasetDefaults)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     vars: dict[str, Any] = Field(default_factory=dict)
+    alerts: AlertChannels = Field(default_factory=list)
+    pools: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
 
 
 def load_config(root: Path) -> ProjectConfig:

@@ -100,6 +100,7 @@ def audit(
     now: dt.datetime | None = None,
     sample_size: int = DEFAULT_SAMPLE_ROWS,
     threads: int | None = None,
+    replaces: str | None = None,
 ) -> AuditOutcome:
     """Apply ``ds``'s expectations and evaluate its checks on ``candidate``.
 
@@ -116,6 +117,7 @@ def audit(
         now: evaluation time (freshness); default the current time.
         sample_size: failing rows kept per result.
         threads: DuckDB threads (default: all cores).
+        replaces: the condition of the partition a partition build replaces.
     """
     pii = {name for name, col in ds.config.columns.items() if col.pii}
     targets = [CheckTarget(c) for c in ds.config.checks] + list(extra_checks or [])
@@ -145,7 +147,7 @@ def audit(
         relations = {"batch": BATCH_RELATION}
         plain = {"batch": PLAIN_BATCH_RELATION}
         if any(t.check.scope == "table" for t in targets):
-            _register_table_scope(con, ds, store, target_version)
+            _register_table_scope(con, ds, store, target_version, replaces)
             relations["table"] = TABLE_RELATION
         registered: dict[str, str] = {}
 
@@ -203,7 +205,11 @@ def _contract_type_result(
 
 
 def _register_table_scope(
-    con: duckdb.DuckDBPyConnection, ds: Dataset, store: DeltaStore, target_version: int | None
+    con: duckdb.DuckDBPyConnection,
+    ds: Dataset,
+    store: DeltaStore,
+    target_version: int | None,
+    replaces: str | None = None,
 ) -> None:
     """Define ``__lf_table``: the table as it will be once the candidate is written."""
     from lakeforge.engines.duckdb import register_table
@@ -221,7 +227,7 @@ def _register_table_scope(
     if target_version is not None:
         register_table(con, CURRENT_RELATION, store.read(ds.name, target_version))
         current = CURRENT_RELATION
-    sql = table_after_write_sql(ds, PLAIN_BATCH_RELATION, current)
+    sql = table_after_write_sql(ds, PLAIN_BATCH_RELATION, current, replaces)
     con.sql(f"CREATE TEMP VIEW {ident(TABLE_RELATION)} AS {sql}")
 
 

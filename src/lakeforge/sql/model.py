@@ -71,6 +71,7 @@ def load_sql_model(path: Path, root: Path) -> Dataset:
             hint="write one SELECT statement after the header",
         )
     leading = body[: len(body) - len(body.lstrip())].count("\n")
+    _check_macros(sql, config, Location(rel, body_offset + leading + 1))
     tree = parse_select(sql, rel, body_offset + leading, config.name)
     inputs, external = extract_references(tree)
     if config.source is not None:  # `FROM source` reads the source's batch
@@ -84,6 +85,29 @@ def load_sql_model(path: Path, root: Path) -> Dataset:
         source_text=tree.sql(dialect=DIALECT, normalize=True, comments=False),
         external_paths=external,
     )
+
+
+def _check_macros(sql: str, config: DatasetConfig, location: Location) -> None:
+    """``@start``/``@end``/``@partition`` need partitions that define them."""
+    from lakeforge.graph.partitions import uses_macros
+
+    used = uses_macros(sql)
+    if not used:
+        return
+    parts = config.partitions
+    if parts is None:
+        raise SQLError(
+            f"the query uses @{sorted(used)[0]} but the dataset declares no partitions",
+            location=location,
+            dataset=config.name,
+            hint="add `partitions: {daily: {start: 2024-01-01, column: order_date}}` to the header",
+        )
+    if parts.kind == "static" and used & {"start", "end"}:
+        raise SQLError(
+            "static partitions have no @start/@end: use @partition (the partition's value)",
+            location=location,
+            dataset=config.name,
+        )
 
 
 def parse_select(sql: str, file: str, line_offset: int, dataset: str) -> exp.Query:

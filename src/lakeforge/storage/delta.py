@@ -47,11 +47,15 @@ class CommitInfo:
     external_state: dict[str, str] = field(default_factory=dict)
     full_refresh: bool = False
     source_state: dict[str, Any] | None = None  # what a source consumed (DESIGN §2.2)
+    partition: str | None = None  # the partition a partition build replaced
+    # A rebuild caused only by a non-breaking code change: {"kind", "added": [columns]}.
+    change: dict[str, Any] | None = None
 
     def to_metadata(self) -> dict[str, Any]:
         data = asdict(self)
-        if self.source_state is None:
-            del data["source_state"]
+        for optional in ("source_state", "partition", "change"):
+            if data[optional] is None:
+                del data[optional]
         return data
 
     @classmethod
@@ -70,6 +74,8 @@ class CommitInfo:
                 source_state=data.get("source_state")
                 if isinstance(data.get("source_state"), dict)
                 else None,
+                partition=None if data.get("partition") is None else str(data["partition"]),
+                change=data.get("change") if isinstance(data.get("change"), dict) else None,
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -265,6 +271,11 @@ class DeltaStore:
 
     def commit_infos(self, dataset: str) -> Iterator[CommitInfo]:
         """Lakeforge's commit metadata of ``dataset``, newest first (empty when absent)."""
+        for _, info in self.commits(dataset):
+            yield info
+
+    def commits(self, dataset: str) -> Iterator[tuple[int, CommitInfo]]:
+        """``(version, metadata)`` of Lakeforge's commits, newest first (empty when absent)."""
         if not self.exists(dataset):
             return
         table = self.open(dataset)
@@ -280,7 +291,23 @@ class DeltaStore:
         for entry in entries:
             info = CommitInfo.from_metadata(entry.get(METADATA_KEY))
             if info is not None:
-                yield info
+                yield int(entry["version"]), info
+
+    def data_commits_since(self, dataset: str, version: int) -> list[tuple[int, CommitInfo | None]]:
+        """Commits after ``version`` that may have changed rows (maintenance excluded),
+        newest first, with their Lakeforge metadata (None: another writer's)."""
+        if not self.exists(dataset):
+            return []
+        table = self.open(dataset)
+        out: list[tuple[int, CommitInfo | None]] = []
+        for entry in table.history(max(0, table.version() - version)):
+            v = int(entry["version"])
+            if v <= version:
+                break
+            if entry.get("operation") in _MAINTENANCE_OPERATIONS:
+                continue
+            out.append((v, CommitInfo.from_metadata(entry.get(METADATA_KEY))))
+        return out
 
     def committed_batch(self, dataset: str) -> int:
         """The newest batch sequence number committed for ``dataset`` (0 when none)."""

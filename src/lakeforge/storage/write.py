@@ -81,6 +81,70 @@ def write_dataset(
     return _file_write(store, ds, data, info, target_version)
 
 
+def write_partition(
+    store: DeltaStore,
+    ds: Dataset,
+    data: pa.Table,
+    info: CommitInfo,
+    *,
+    target_version: int | None,
+    predicate: str,
+    partition_key: str,
+) -> WriteResult:
+    """Replace exactly one partition's rows (``predicate``) with ``data`` in one commit.
+
+    Every row must fall inside the partition: a row outside it would either be lost (not
+    replaced by the next build of its own partition) or duplicated, so it is an error.
+    """
+    if store.committed_batch(ds.name) >= info.batch:
+        return WriteResult(version=None, skipped=f"batch {info.batch} is already committed")
+    parts = ds.config.partitions
+    assert parts is not None
+    _check_columns(ds, data, [parts.column, *ds.config.partition_by], "partition")
+    con = _duckdb(data)
+    try:
+        outside = con.execute(
+            f"SELECT count(*), any_value(CAST({q(parts.column)} AS VARCHAR)) "
+            f"FROM batch WHERE NOT coalesce(({predicate}), false)"
+        ).fetchone()
+    finally:
+        con.close()
+    assert outside is not None
+    if outside[0]:
+        raise DataError(
+            f"{ds.name}: partition {partition_key}: {outside[0]:,} row(s) have {parts.column} "
+            f"outside the partition (e.g. {outside[1]!r})",
+            dataset=ds.name,
+            column=parts.column,
+            location=ds.location,
+            hint="select the partition's rows: WHERE "
+            f"{parts.column} >= @start AND {parts.column} < @end"
+            if parts.kind != "static"
+            else f"select the partition's rows: WHERE {parts.column} = @partition",
+        )
+    data = normalize_for_delta(data, ds.name)
+    aligned = align(
+        data, _target_schema(store, ds, target_version), ds.config.schema_evolution, ds.name
+    )
+    exists = store.exists(ds.name)
+    version = store.write(
+        ds.name,
+        aligned.data,
+        info,
+        mode="overwrite",
+        partition_by=ds.config.partition_by,
+        schema_mode=aligned.schema_mode if exists and target_version is not None else None,
+        predicate=predicate if exists else None,
+    )
+    return WriteResult(
+        version=version,
+        rows_written=aligned.data.num_rows,
+        inserted=aligned.data.num_rows,
+        added_columns=aligned.added_columns,
+        rescued_columns=aligned.rescued_columns,
+    )
+
+
 def _target_schema(store: DeltaStore, ds: Dataset, target_version: int | None) -> pa.Schema | None:
     return None if target_version is None else store.schema(ds.name, target_version)
 
@@ -271,7 +335,9 @@ def clear_side_batch(store: DeltaStore, name: str, info: CommitInfo) -> int | No
     )
 
 
-def table_after_write_sql(ds: Dataset, batch: str, current: str | None) -> str:
+def table_after_write_sql(
+    ds: Dataset, batch: str, current: str | None, replaces: str | None = None
+) -> str:
     """A DuckDB query for the table as it will be once ``batch`` is written to ``current``.
 
     Used to check ``scope: table`` rules before the commit. ``current`` is None when the
@@ -280,6 +346,11 @@ def table_after_write_sql(ds: Dataset, batch: str, current: str | None) -> str:
     key unless the table holds a newer one (``sequence_by``) and honours ``delete_when``.
     """
     strategy = ds.config.write
+    if replaces is not None and current is not None:  # a partition build
+        return (
+            f"SELECT * FROM {current} WHERE NOT coalesce(({replaces}), false) "
+            f"UNION ALL BY NAME SELECT * FROM {batch}"
+        )
     if strategy.strategy == "overwrite" or (current is None and not isinstance(strategy, Merge)):
         return f"SELECT * FROM {batch}"
     if strategy.strategy == "append":
