@@ -69,9 +69,23 @@ def settings(ctx: typer.Context) -> Settings:
 
 def _register() -> None:
     # The one place commands are registered.
-    from lakeforge.cli import checks, contract, dlq, explore, init, maintenance, run, sources
+    from lakeforge.cli import (
+        alerts,
+        checks,
+        contract,
+        dlq,
+        explore,
+        freshness,
+        init,
+        maintenance,
+        plan,
+        queue,
+        run,
+        sources,
+    )
 
-    for module in (init, run, explore, sources, dlq, checks, contract, maintenance):
+    modules = (init, run, plan, queue, explore, sources, dlq, checks, contract, maintenance)
+    for module in (*modules, freshness, alerts):
         module.register(app)
 
 

@@ -1,0 +1,210 @@
+"""Configuration of freshness SLAs (a dataset key) and alert channels (``lakeforge.yml``).
+
+Only pydantic models live here: they are part of every project load, so nothing heavy is
+imported.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lakeforge.project.durations import parse_duration
+
+Event = Literal["run_failed", "check_failed", "freshness", "stream_lag"]
+EVENTS: tuple[Event, ...] = ("run_failed", "check_failed", "freshness", "stream_lag")
+Severity = Literal["warn", "error"]
+SEVERITY_RANK = {"warn": 1, "error": 2}
+
+
+def duration_seconds(value: str | float) -> float:
+    """Seconds of a duration written ``90s``, ``2h``, ``1h30m``, ``7d`` or as a number."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}: use e.g. 90s, 30m, 2h or 7d")
+    if isinstance(value, int | float):
+        return float(value)
+    return parse_duration(value).total_seconds()
+
+
+def _positive_duration(value: str | float | None) -> str | float | None:
+    if value is not None and duration_seconds(value) <= 0:
+        raise ValueError(f"duration {value!r} must be longer than zero")
+    return value
+
+
+Duration = Annotated[str | float, AfterValidator(_positive_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FreshnessSLA(_Strict):
+    """How old a dataset's data may get: ``freshness: {warn_after: 2h, error_after: 6h}``.
+
+    Args:
+        warn_after: older than this → ``warn``.
+        error_after: older than this → ``error``.
+
+    An unpartitioned table's age is the time since its data last changed; a time-partitioned
+    table is late when a complete partition is still not built this long after its interval
+    ended (see docs/freshness-alerts.md). Not part of the code fingerprint.
+    """
+
+    warn_after: Duration | None = None
+    error_after: Duration | None = None
+
+    @model_validator(mode="after")
+    def _limits(self) -> FreshnessSLA:
+        if self.warn_after is None and self.error_after is None:
+            raise ValueError("freshness needs warn_after, error_after or both (e.g. 2h, 1d)")
+        if (
+            self.warn_after is not None
+            and self.error_after is not None
+            and duration_seconds(self.warn_after) >= duration_seconds(self.error_after)
+        ):
+            raise ValueError(
+                f"freshness warn_after ({self.warn_after}) must be shorter than error_after "
+                f"({self.error_after})"
+            )
+        return self
+
+    @property
+    def warn_seconds(self) -> float | None:
+        return None if self.warn_after is None else duration_seconds(self.warn_after)
+
+    @property
+    def error_seconds(self) -> float | None:
+        return None if self.error_after is None else duration_seconds(self.error_after)
+
+    def describe(self) -> str:
+        """``warn 2h, error 6h``."""
+        parts = []
+        if self.warn_after is not None:
+            parts.append(f"warn {self.warn_after}")
+        if self.error_after is not None:
+            parts.append(f"error {self.error_after}")
+        return ", ".join(parts)
+
+
+class _Channel(_Strict):
+    """Fields every alert channel has.
+
+    Args:
+        name: how the channel is named in messages, ``alerts ls`` and the alert state
+            (default ``<type>-<position>``, e.g. ``webhook-1``); unique.
+        events: the events sent to it (default all).
+        min_severity: ``warn`` (default) or ``error``; resolutions follow what was sent.
+        repeat_after: re-send a condition still firing after this long (default never).
+    """
+
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+    events: list[Event] = Field(default_factory=lambda: list(EVENTS), min_length=1)
+    min_severity: Severity = "warn"
+    repeat_after: Duration | None = None
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @property
+    def label(self) -> str:
+        assert self.name is not None, "channel names are set by AlertChannels validation"
+        return self.name
+
+    def wants(self, event: str, severity: str) -> bool:
+        """Whether a firing ``event`` of ``severity`` goes to this channel."""
+        return (
+            event in self.events
+            and SEVERITY_RANK.get(severity, 2) >= SEVERITY_RANK[self.min_severity]
+        )
+
+    @property
+    def repeat_seconds(self) -> float | None:
+        return None if self.repeat_after is None else duration_seconds(self.repeat_after)
+
+
+class WebhookChannel(_Channel):
+    """POST the alert as JSON (Slack-compatible ``text`` + a ``lakeforge`` object).
+
+    Args:
+        url / url_env: the URL, or the environment variable holding it (keeps secrets out
+            of the project); exactly one.
+        headers: extra request headers; headers_env: header → environment variable.
+        timeout: per request (default 10s).
+        retries: retries of a failed request (connection error, 429, 5xx), with backoff.
+    """
+
+    type: Literal["webhook"] = "webhook"
+    url: str | None = None
+    url_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = "10s"
+    retries: int = Field(default=2, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookChannel:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("a webhook channel needs exactly one of url or url_env")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("a webhook url must start with http:// or https://")
+        return self
+
+
+class CommandChannel(_Channel):
+    """Run a program with the alert JSON on stdin (no shell: the command is split with
+    shell rules and executed directly).
+
+    Args:
+        command: ``notify-oncall --team data`` or a list of arguments.
+        timeout: the program is killed after this long (default 30s).
+    """
+
+    type: Literal["command"] = "command"
+    command: str | list[str]
+    timeout: Duration = "30s"
+
+    @field_validator("command")
+    @classmethod
+    def _splits(cls, value: str | list[str]) -> str | list[str]:
+        try:
+            args = shlex.split(value) if isinstance(value, str) else value
+        except ValueError as exc:
+            raise ValueError(f"command {value!r} cannot be split into arguments: {exc}") from None
+        if not args:
+            raise ValueError("command is empty")
+        return value
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+
+
+class LogChannel(_Channel):
+    """Append each alert as one JSON line to a file (default ``.lakeforge/alerts.jsonl``,
+    relative paths are relative to the project)."""
+
+    type: Literal["log"] = "log"
+    path: str | None = None
+
+
+AlertChannel = Annotated[WebhookChannel | CommandChannel | LogChannel, Field(discriminator="type")]
+
+
+def _named(channels: list[Any]) -> list[Any]:
+    named = [
+        c if c.name is not None else c.model_copy(update={"name": f"{c.type}-{i}"})
+        for i, c in enumerate(channels, start=1)
+    ]
+    names = [c.name for c in named]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"two alert channels are named {duplicates[0]!r}; names must be unique")
+    return named
+
+
+AlertChannels = Annotated[list[AlertChannel], AfterValidator(_named)]
