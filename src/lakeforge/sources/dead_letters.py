@@ -314,7 +314,6 @@ def _remaining(ordinals: Mapping[int, int] | None, rejected_lines: list[Any]) ->
 def _salvage_ndjson(
     full_path: str, rel_path: str, error: str, read: Callable[..., Any], row_column: str | None
 ) -> tuple[Any | None, Any]:
-    import duckdb
     import orjson
 
     try:
@@ -336,19 +335,67 @@ def _salvage_ndjson(
         good_rows.append(len(good_rows) + len(bad) + 1)
     if not good_lines:
         return None, rejects(bad)
+    parts, unfit = _read_lines(good_lines, good_rows, read=read, row_column=row_column)
+    if unfit:
+        # Lines that parse as JSON but cannot be read (a value that does not fit a declared
+        # column type): found by halving, so the readable lines around them are kept.
+        ordinal_to_line = _line_numbers(content)
+        bad += [(line, msg, rel_path, ordinal_to_line.get(n)) for line, msg, n in unfit]
+        bad.sort(key=lambda b: b[3] or 0)
+    if not parts:
+        return None, rejects(bad)
+    good = parts[0] if len(parts) == 1 else unify(parts)
+    return good, rejects(bad)
+
+
+def _read_lines(
+    lines: list[bytes],
+    ordinals: list[int],
+    *,
+    read: Callable[..., Any],
+    row_column: str | None,
+) -> tuple[list[Any], list[tuple[bytes, str, int]]]:
+    """Read NDJSON ``lines`` (each valid JSON) as one table if possible; else halve them
+    until the lines that cannot be read on their own are found. Returns the tables read
+    (each numbered with its lines' ``ordinals``) and ``(line, error, ordinal)`` of the
+    lines that could not be read."""
+    import duckdb
+
     handle, temp = tempfile.mkstemp(suffix=".ndjson")
     try:
         with os.fdopen(handle, "wb") as out:
-            out.write(b"\n".join(good_lines) + b"\n")
+            out.write(b"\n".join(lines) + b"\n")
         # Types from every line, not a sample: a late line of another type widens the
         # column instead of failing the read.
-        good = read(temp, {"sample_size": -1})
+        table = read(temp, {"sample_size": -1})
+        return [renumber(table, row_column, ordinals)], []
     except duckdb.Error as exc:
-        message = f"unreadable records: {str(exc).splitlines()[0]} (file read failed: {error})"
-        return None, rejects(bad + [(line, message, rel_path, None) for line in good_lines])
+        if len(lines) == 1:
+            return [], [(lines[0], f"cannot read record: {_read_error(exc)}", ordinals[0])]
     finally:
         os.unlink(temp)
-    return renumber(good, row_column, good_rows), rejects(bad)
+    mid = len(lines) // 2
+    first = _read_lines(lines[:mid], ordinals[:mid], read=read, row_column=row_column)
+    second = _read_lines(lines[mid:], ordinals[mid:], read=read, row_column=row_column)
+    return first[0] + second[0], first[1] + second[1]
+
+
+_WHERE = re.compile(r'\s*in file "[^"]*"(, in line \d+)?:?', re.I)
+
+
+def _read_error(exc: Exception) -> str:
+    """DuckDB's message without the temporary file it read (the origin says where)."""
+    first = str(exc).splitlines()[0]
+    return _WHERE.sub(":", first, count=1).replace("::", ":").strip()
+
+
+def _line_numbers(content: bytes) -> dict[int, int]:
+    """Record ordinal (non-blank lines, 1-based) → line number in the file."""
+    out: dict[int, int] = {}
+    for number, line in enumerate(content.split(b"\n"), start=1):
+        if line.strip():
+            out[len(out) + 1] = number
+    return out
 
 
 def decompressed(path: str) -> bytes:
