@@ -549,7 +549,9 @@ class Runner:
             for batches, batch in enumerate(source.batches(position), start=1):
                 totals["source"]["batches"] = batches
                 totals["source"]["units"] += batch.units
-                result.rows_in += batch.data.num_rows
+                # Records read = records typed + dead letters (DESIGN §2.4's identity).
+                dead = 0 if batch.rejected is None else batch.rejected.num_rows
+                result.rows_in += batch.data.num_rows + dead
                 if batch.transformed:  # rows of the table itself (a reconcile's tombstones)
                     data = batch.data
                 else:
@@ -566,7 +568,6 @@ class Runner:
                 outcome = self._audit(run_id, ds, data, target, result, gate, unpublished)
                 for key in ("rows_candidate", "rows_published", "rows_quarantined", "rows_dropped"):
                     totals[key] = totals.get(key, 0) + int(result.metrics[key])
-                dead = 0 if batch.rejected is None else batch.rejected.num_rows
                 totals["rows_dlq"] = totals.get("rows_dlq", 0) + dead
                 self._commit(
                     run_id, run_started, ds, assessment, result, outcome, target, full_refresh,
