@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lakeforge.errors import TransientError
     from lakeforge.graph.decorators import table, view
     from lakeforge.graph.partitions import Daily, Hourly, Monthly, Static
     from lakeforge.graph.spec import SCD2, Append, ColumnSpec, Merge, Overwrite, ReplacePartitions
@@ -34,6 +35,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Hourly": ("lakeforge.graph.partitions", "Hourly"),
     "Monthly": ("lakeforge.graph.partitions", "Monthly"),
     "Static": ("lakeforge.graph.partitions", "Static"),
+    "TransientError": ("lakeforge.errors", "TransientError"),
     "files": ("lakeforge.sources.files", "FilesConfig"),
     "database": ("lakeforge.sources.sql_db", "SqlConfig"),
     "rest": ("lakeforge.sources.rest", "RestConfig"),
@@ -50,6 +52,7 @@ __all__ = [
     "Overwrite",
     "ReplacePartitions",
     "Static",
+    "TransientError",
     "__version__",
     "database",
     "files",

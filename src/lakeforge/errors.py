@@ -145,6 +145,12 @@ class TransformError(LakeforgeError, Terminal):
     """User transform code raised an exception."""
 
 
+class TransientError(LakeforgeError, Transient):
+    """A failure a retry may fix. Raise it (``lf.TransientError``) from a transform that
+    reads an external system to have the dataset's ``retries`` apply; a transform's
+    ``ConnectionError`` or ``TimeoutError`` is treated as one too."""
+
+
 class PartitionsFailed(LakeforgeError, Terminal):
     """Some partitions of a dataset failed to build (each was retried on its own)."""
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import textwrap
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from lakeforge.execution.executor import Runner, backoff_delay
+from lakeforge.execution.executor import Runner
+from lakeforge.execution.retry import retry_wait
 from lakeforge.metadata.store import MetadataStore
 from lakeforge.observability.runlog import RunLog
 from lakeforge.project.loader import load_project
@@ -190,10 +192,58 @@ def test_terminal_errors_are_not_retried(project_dir: Path) -> None:
     assert task.error.location is not None and task.error.location.line == 5
 
 
+@dataclass
+class Policy:
+    backoff: str = "exponential"
+    retry_delay: str | float = 1.0
+    max_delay: str | float = 8.0
+    jitter: bool = True
+
+
 def test_backoff_is_bounded_and_jittered() -> None:
-    delays = [backoff_delay(a, base=1, cap=8) for a in range(1, 10) for _ in range(20)]
+    policy = Policy()
+    delays = [retry_wait(policy, a) for a in range(1, 10) for _ in range(20)]  # type: ignore[arg-type]
     assert all(0 <= d <= 8 for d in delays)
     assert len({round(d, 6) for d in delays}) > 50
+    # Full jitter stays under each attempt's exponential ceiling.
+    assert all(0 <= retry_wait(policy, 2) <= 2 for _ in range(50))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("backoff", "expected"),
+    [
+        ("exponential", [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]),
+        ("linear", [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]),
+        ("constant", [2.0] * 6),
+    ],
+)
+def test_backoff_kinds_without_jitter(backoff: str, expected: list[float]) -> None:
+    policy = Policy(backoff=backoff, retry_delay="2s", max_delay="30s", jitter=False)
+    assert [retry_wait(policy, a) for a in range(1, 7)] == expected  # type: ignore[arg-type]
+    assert retry_wait(policy, 10_000) <= 30.0  # type: ignore[arg-type]  # no overflow
+
+
+def test_retry_policy_from_the_sql_header_and_defaults(project_dir: Path) -> None:
+    write(project_dir, "lakeforge.yml", "name: demo\ndefaults: {retries: 2, jitter: false}\n")
+    write(
+        project_dir,
+        "pipelines/flaky.py",
+        "import lakeforge as lf\n\n"
+        "calls = []\n\n"
+        "@lf.table(backoff='linear', retry_delay='3s', max_delay='5s')\n"
+        "def flaky(raw):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 1:\n"
+        "        raise ConnectionError('connection reset')  # the network: transient\n"
+        "    if len(calls) == 2:\n"
+        "        raise lf.TransientError('API answered 503')\n"
+        "    return raw\n",
+    )
+    sleeps: list[float] = []
+    result = runner(project_dir, sleep=sleeps.append).run("+flaky")
+    task = next(t for t in result.tasks if t.dataset == "flaky")
+    assert task.status == "success" and task.attempts == 3, task.error
+    assert sleeps == [3.0, 5.0]  # linear 3 s, 6 s capped at 5 s; no jitter from defaults
 
 
 def test_run_log_has_standard_fields(project_dir: Path) -> None:

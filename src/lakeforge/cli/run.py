@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
 from lakeforge.cli.output import console, err_console, print_error, print_json
+
+if TYPE_CHECKING:
+    from lakeforge.execution.results import RunResult
+    from lakeforge.project.loader import Project
 
 
 def run(
@@ -29,33 +35,37 @@ def run(
 ) -> None:
     """Build every stale dataset of the selection, in dependency order."""
     from lakeforge.cli.app import settings
-    from lakeforge.execution.executor import Runner
-    from lakeforge.observability.progress import RunProgress, check_summary, summary_table
     from lakeforge.project.loader import load_project
 
     opts = settings(ctx)
     project = load_project(opts.project_dir)
+    _execute(
+        project,
+        selection,
+        as_json=as_json,
+        debug=opts.debug,
+        full_refresh=full_refresh,
+        dry_run=dry_run,
+        threads=threads,
+        gate=not no_gate,
+    )
+
+
+def _execute(
+    project: Project, selection: list[str] | None, *, as_json: bool, debug: bool, **kw: Any
+) -> RunResult:
+    """Run, show progress and the summary (or print JSON); exit 1 when a task failed."""
+    from lakeforge.execution.executor import Runner
+    from lakeforge.observability.progress import RunProgress, check_summary, summary_table
+
     if as_json:
-        result = Runner(project).run(
-            selection,
-            full_refresh=full_refresh,
-            dry_run=dry_run,
-            threads=threads,
-            gate=not no_gate,
-        )
+        result = Runner(project).run(selection, **kw)
         print_json(result.to_dict())
     else:
         with RunProgress(err_console) as progress:
-            runner = Runner(project, listener=progress)
-            result = runner.run(
-                selection,
-                full_refresh=full_refresh,
-                dry_run=dry_run,
-                threads=threads,
-                gate=not no_gate,
-            )
+            result = Runner(project, listener=progress).run(selection, **kw)
         console.print(summary_table(result))
-        if no_gate and not dry_run:
+        if not kw.get("gate", True) and not result.dry_run:
             err_console.print(
                 "[bold yellow]warning:[/] --no-gate: blocking checks did not stop any publish "
                 "(recorded in the run)"
@@ -72,9 +82,62 @@ def run(
             )
         for t in failed:
             if t.error is not None:
-                print_error(t.error, debug=opts.debug, trace=t.traceback)
+                print_error(t.error, debug=debug, trace=t.traceback)
     if not result.ok:
         raise typer.Exit(1)
+    return result
+
+
+def retry(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="The run (its id, or a unique prefix of it)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would run and why."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="Datasets built at once."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run result as JSON."),
+) -> None:
+    """Run again only what a run did not finish: its failed, skipped and interrupted
+    datasets, and of partitioned ones the partitions it left failed."""
+    from lakeforge.cli.app import settings
+    from lakeforge.execution.retry import plan_retry
+    from lakeforge.metadata.intervals import IntervalLedger
+    from lakeforge.metadata.store import MetadataStore
+    from lakeforge.project.loader import load_project
+
+    opts = settings(ctx)
+    project = load_project(opts.project_dir)
+    with MetadataStore(project.metadata_url) as metadata:
+        request = plan_retry(metadata, IntervalLedger(metadata), project.graph.datasets, run_id)
+    for name in request.missing:
+        err_console.print(
+            f"[yellow]warning:[/] {escape(name)} failed in run {request.run_id} but is no "
+            "longer defined; not retried"
+        )
+    if not request.datasets:
+        if as_json:
+            print_json({"retry_of": request.run_id, "datasets": [], "run": None})
+        else:
+            console.print(f"run {request.run_id}: nothing failed, nothing to retry")
+        return
+    if not as_json:
+        shown = ", ".join(
+            f"{name} ({len(request.partitions[name])} partition(s))"
+            if name in request.partitions
+            else name
+            for name in request.datasets
+        )
+        err_console.print(f"retrying run {request.run_id}: {escape(shown)}")
+    _execute(
+        project,
+        request.datasets,
+        as_json=as_json,
+        debug=opts.debug,
+        full_refresh=request.full_refresh,
+        dry_run=dry_run,
+        threads=threads,
+        gate=request.gate,
+        backfill=request.partitions or None,
+        options=request.options(),
+    )
 
 
 class DagFormat(StrEnum):
@@ -110,4 +173,5 @@ def dag(
 
 def register(app: typer.Typer) -> None:
     app.command()(run)
+    app.command()(retry)
     app.command()(dag)

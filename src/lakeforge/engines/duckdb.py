@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lakeforge.engines.base import TransformContext
-from lakeforge.errors import LakeforgeError, Location, SQLError, TransformError
+from lakeforge.errors import LakeforgeError, Location, SQLError, TransformError, TransientError
 
 if TYPE_CHECKING:
     import duckdb
@@ -144,6 +144,13 @@ class DuckDBEngine:
                 f"{ds.name}: DuckDB error in the transform: {str(exc).splitlines()[0]}",
                 location=_user_frame(ds, exc),
                 dataset=ds.name,
+            ) from exc
+        except (ConnectionError, TimeoutError) as exc:  # the network: a retry may help
+            raise TransientError(
+                f"{ds.name}: the transform raised {type(exc).__name__}: {exc}",
+                location=_user_frame(ds, exc),
+                dataset=ds.name,
+                hint="retried when the dataset sets retries; run with --debug for the traceback",
             ) from exc
         except Exception as exc:
             raise TransformError(

@@ -7,7 +7,6 @@ exponential backoff and jitter; a failure skips only the datasets downstream of 
 
 from __future__ import annotations
 
-import random
 import time
 import traceback
 from collections import Counter
@@ -29,6 +28,7 @@ from lakeforge.execution.results import (
     TaskResult,
     new_run_id,
 )
+from lakeforge.execution.retry import retry_wait
 from lakeforge.graph.selection import select
 from lakeforge.metadata.intervals import IntervalLedger
 from lakeforge.observability.runlog import RunLog, RunLogRecord
@@ -53,8 +53,6 @@ if TYPE_CHECKING:
     from lakeforge.project.loader import Project
 
 _LOG_STATUS = {"up_to_date": "skipped", "upstream_failed": "skipped"}
-BASE_DELAY = 0.5
-MAX_DELAY = 30.0
 CONFLICT_RETRIES = 3
 
 
@@ -332,7 +330,7 @@ class Runner:
                 break
             except LakeforgeError as exc:
                 if attempt <= allowed_retries(exc, ds.config.retries):
-                    self.sleep(backoff_delay(attempt))
+                    self.sleep(retry_wait(ds.config, attempt))
                     continue
                 result.status, result.error = "failed", exc
                 result.traceback = traceback.format_exc()
@@ -709,8 +707,3 @@ def allowed_retries(exc: LakeforgeError, configured: int) -> int:
     if isinstance(exc, CommitConflict):
         return max(configured, CONFLICT_RETRIES)
     return configured
-
-
-def backoff_delay(attempt: int, base: float = BASE_DELAY, cap: float = MAX_DELAY) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base·2^(attempt-1))]."""
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from lakeforge.engines.base import TransformContext
 from lakeforge.errors import CommitConflict, DatasetNotFound, LakeforgeError, PartitionsFailed
 from lakeforge.execution.column_impact import ColumnImpact
-from lakeforge.execution.executor import allowed_retries, backoff_delay
+from lakeforge.execution.executor import allowed_retries
 from lakeforge.execution.intervals import PartitionPlan, settle_interrupted
 from lakeforge.execution.results import PartitionResult, RunOptions, TaskResult
+from lakeforge.execution.retry import retry_wait
 from lakeforge.graph.partitions import partition_predicate
 from lakeforge.metadata.intervals import IntervalLedger
 from lakeforge.storage.delta import CommitInfo
@@ -151,7 +152,7 @@ class PartitionedTask:
                 break
             except LakeforgeError as exc:
                 if attempt <= allowed_retries(exc, ds.config.retries):
-                    r.sleep(backoff_delay(attempt))
+                    r.sleep(retry_wait(ds.config, attempt))
                     continue
                 error = exc
                 sub.traceback = traceback.format_exc()

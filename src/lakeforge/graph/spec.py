@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lakeforge.errors import Location
+from lakeforge.execution.retry import Backoff
 from lakeforge.graph.partitions import Partitioning, partitioning_shorthand
 from lakeforge.quality.spec import (
     Action,
@@ -24,7 +25,7 @@ from lakeforge.quality.spec import (
     expand_check_shorthand,
     expectations_from,
 )
-from lakeforge.scheduling.spec import FreshnessSLA
+from lakeforge.scheduling.spec import Duration, FreshnessSLA
 from lakeforge.sources.files import FilesConfig
 from lakeforge.sources.rest import RestConfig
 from lakeforge.sources.sql_db import SqlConfig
@@ -131,7 +132,12 @@ class DatasetConfig(_Strict):
     partition_by: list[str] = Field(default_factory=list)
     cluster_by: list[str] = Field(default_factory=list)
     schema_evolution: SchemaEvolution = "add_columns"
+    # Retries of transient errors: not fingerprinted (they do not shape the data).
     retries: int = Field(default=0, ge=0, le=20)
+    backoff: Backoff = "exponential"
+    retry_delay: Duration = 0.5
+    max_delay: Duration = 30.0
+    jitter: bool = True
     write: WriteStrategy = Field(default_factory=Overwrite)
     expect: dict[str, Expectation] = Field(default_factory=dict)
     on_violation: Action = "warn"

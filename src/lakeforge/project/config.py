@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lakeforge.errors import ConfigError, Location
+from lakeforge.execution.retry import Backoff
 from lakeforge.project.yamlconf import load_yaml, validate
-from lakeforge.scheduling.spec import AlertChannels
+from lakeforge.scheduling.spec import AlertChannels, Duration
 
 CONFIG_FILE = "lakeforge.yml"
 STATE_DIR = ".lakeforge"
@@ -24,6 +25,10 @@ class DatasetDefaults(BaseModel):
     owner: str | None = None
     tags: list[str] = Field(default_factory=list)
     retries: int | None = Field(default=None, ge=0, le=20)
+    backoff: Backoff | None = None
+    retry_delay: Duration | None = None
+    max_delay: Duration | None = None
+    jitter: bool | None = None
     schema_evolution: Literal["add_columns", "fail", "rescue"] | None = None
 
 

@@ -99,7 +99,12 @@ def _load_contracts(root: Path, graph: Graph) -> dict[str, Contract]:
 
 def _apply_defaults(ds: Dataset, config: ProjectConfig) -> Dataset:
     defaults = config.defaults.model_dump(exclude_none=True)
-    update = {k: v for k, v in defaults.items() if k not in ds.config.model_fields_set and v}
+    # Empty defaults (no tags) change nothing; `jitter: false` is a value, not an absence.
+    update = {
+        k: v
+        for k, v in defaults.items()
+        if k not in ds.config.model_fields_set and (v or v is False)
+    }
     if config.quality.on_violation and "on_violation" not in ds.config.model_fields_set:
         update["on_violation"] = config.quality.on_violation
     if update:
