@@ -571,6 +571,7 @@ class Runner:
                     run_id, run_started, ds, assessment, result, outcome, target, full_refresh,
                     source_state=batch.state, rejected=batch.rejected,
                 )  # fmt: skip
+                source.committed(batch.state)  # acknowledge only what the table holds
                 # This batch is published: its results are final whatever later batches do.
                 at = datetime.now(UTC)
                 self.metadata.record_check_results(

@@ -106,3 +106,11 @@ class Source(ABC):
     def changed(self, position: Any) -> list[str]:
         """Units already read that changed since and are not read again (reported)."""
         return []
+
+    def committed(self, state: dict[str, Any]) -> None:
+        """Called once the batch that carried ``state`` is committed to the table (or found
+        committed already): the moment to acknowledge it to the source system — broker
+        acks, a replication slot's confirmed position. Never before: a crash between the
+        commit and this call only means the system sends the batch again, which the table's
+        batch number then skips. Default: nothing to acknowledge."""
+        return None
