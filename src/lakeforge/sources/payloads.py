@@ -1,0 +1,309 @@
+"""Message payloads → Arrow records: JSON, Avro and Protobuf, for every broker source.
+
+A broker source (Kafka, NATS JetStream, Redis Streams, MQTT, HTTP push) receives a list of
+payloads (bytes) and hands them to :class:`PayloadDecoder`, which returns
+
+- the records, one row per decodable message, in message order, with a ``__lf_message``
+  column holding each row's index in the input list (the source joins its metadata —
+  offset, key, timestamp — on it and drops it);
+- the rejects, in the dead-letter schema (``dead_letters.reject_schema``): the raw payload,
+  the error, and the message's origin (``origin`` → ``source_file``, its offset or
+  sequence → ``line``).
+
+Formats:
+
+- ``json`` (default): one JSON object per message. Types are inferred over the whole
+  batch; a field whose types disagree between messages is widened (DuckDB's reader, as for
+  NDJSON files: numbers to a wider number, mixed kinds to JSON text) rather than rejected.
+- ``avro``: schemaless Avro binary with the writer schema in ``schema_file`` (``.avsc``);
+  the Confluent wire format (magic byte 0 + 4-byte schema id) is recognised and stripped.
+- ``protobuf``: ``schema_file`` is a ``.proto`` file (compiled on first use; needs
+  ``grpcio-tools``) or a descriptor set (``protoc --descriptor_set_out``, ``.desc`` /
+  ``.pb``), and ``message`` the full name of the message type. Field names are kept as
+  declared; 64-bit integers stay integers; enums are their names.
+- ``text`` / ``bytes``: no decoding; one ``value`` column.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from lakeforge.errors import ConfigError
+from lakeforge.extras import require
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+MESSAGE_INDEX = "__lf_message"
+PayloadFormat = Literal["json", "avro", "protobuf", "text", "bytes"]
+_CONFLUENT_MAGIC = 0
+
+
+class PayloadConfig(BaseModel):
+    """How a broker source decodes its messages (``payload:`` in a source)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: PayloadFormat = "json"
+    schema_file: str | None = None
+    message: str | None = None  # protobuf: the message type's full name
+
+    @model_validator(mode="after")
+    def _schema_needed(self) -> PayloadConfig:
+        if self.format in ("avro", "protobuf") and not self.schema_file:
+            raise ValueError(f"payload format {self.format} needs schema_file")
+        if self.format == "protobuf" and not self.message:
+            raise ValueError("payload format protobuf needs message (the message type's name)")
+        if self.format not in ("avro", "protobuf") and (self.schema_file or self.message):
+            raise ValueError(
+                f"schema_file and message apply to avro and protobuf, not {self.format}"
+            )
+        return self
+
+
+class PayloadDecoder:
+    """Decodes the payloads of one source; schemas are loaded once."""
+
+    def __init__(self, config: PayloadConfig, project_root: Path, dataset: str) -> None:
+        self.config = config
+        self.dataset = dataset
+        self._root = project_root
+        self._avro_schema: Any = None
+        self._proto_class: Any = None
+
+    def decode(
+        self, payloads: Sequence[bytes | None], origin: str, positions: Sequence[int | None]
+    ) -> tuple[pa.Table, pa.Table | None]:
+        """(records with ``__lf_message``, rejects or None) of ``payloads``.
+
+        Args:
+            payloads: the messages' bodies (None: an empty body, e.g. a Kafka tombstone).
+            origin: where they come from, for the dead letters (``kafka://topic/0``).
+            positions: each message's offset / sequence (the dead letter's ``line``).
+        """
+        from lakeforge.sources import dead_letters
+
+        fmt = self.config.format
+        if fmt in ("text", "bytes"):
+            return self._raw(payloads), None
+        good: list[Any] = []
+        index: list[int] = []
+        bad: list[tuple[bytes | None, str, str, int | None]] = []
+        convert = {"json": self._json, "avro": self._avro, "protobuf": self._protobuf}[fmt]
+        for i, payload in enumerate(payloads):
+            if payload is None or not payload:
+                bad.append((payload, "empty message", origin, positions[i]))
+                continue
+            try:
+                good.append(convert(payload))
+            except _Undecodable as exc:
+                bad.append((payload, str(exc), origin, positions[i]))
+                continue
+            index.append(i)
+        table = self._table(good, fmt)
+        table = table.append_column(MESSAGE_INDEX, _int64(index))
+        return table, dead_letters.rejects(bad) if bad else None
+
+    # -- formats ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _json(payload: bytes) -> Any:
+        import orjson
+
+        try:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise _Undecodable(f"invalid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise _Undecodable(f"expected a JSON object, found {type(value).__name__}")
+        return value
+
+    def _avro(self, payload: bytes) -> Any:
+        import io
+
+        fastavro = require("fastavro")
+        if self._avro_schema is None:
+            self._avro_schema = self._load_avro_schema()
+        body = payload
+        if len(body) > 5 and body[0] == _CONFLUENT_MAGIC:
+            body = body[5:]  # Confluent wire format: magic byte + schema id
+        try:
+            stream = io.BytesIO(body)
+            record = fastavro.schemaless_reader(stream, self._avro_schema, None)
+            if stream.tell() != len(body):
+                raise ValueError(f"{len(body) - stream.tell()} byte(s) left after the record")
+        except Exception as exc:  # fastavro raises many types on bad input
+            raise _Undecodable(f"invalid Avro: {type(exc).__name__}: {exc}") from None
+        if not isinstance(record, dict):
+            raise _Undecodable("the Avro schema is not a record")
+        return record
+
+    def _protobuf(self, payload: bytes) -> Any:
+        require("google.protobuf")
+        from google.protobuf.json_format import MessageToDict
+        from google.protobuf.message import DecodeError
+
+        if self._proto_class is None:
+            self._proto_class = self._load_proto_class()
+        message = self._proto_class()
+        try:
+            message.ParseFromString(payload)
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            raise _Undecodable(f"invalid Protobuf ({self.config.message}): {exc}") from None
+        return MessageToDict(
+            message,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
+
+    # -- schemas ---------------------------------------------------------------------------
+
+    def _schema_path(self) -> Path:
+        assert self.config.schema_file is not None
+        path = Path(self.config.schema_file)
+        path = path if path.is_absolute() else self._root / path
+        if not path.is_file():
+            raise ConfigError(
+                f"{self.dataset}: payload schema file {self.config.schema_file} not found",
+                dataset=self.dataset,
+                hint="schema_file is relative to the project root",
+            )
+        return path
+
+    def _load_avro_schema(self) -> Any:
+        import orjson
+
+        fastavro = require("fastavro")
+        path = self._schema_path()
+        try:
+            return fastavro.parse_schema(orjson.loads(path.read_bytes()))
+        except Exception as exc:
+            raise ConfigError(
+                f"{self.dataset}: {path.name} is not a valid Avro schema: {exc}",
+                dataset=self.dataset,
+            ) from None
+
+    def _load_proto_class(self) -> Any:
+        require("google.protobuf")
+        from google.protobuf import descriptor_pb2, message_factory
+
+        path = self._schema_path()
+        descriptors = descriptor_pb2.FileDescriptorSet()
+        if path.suffix == ".proto":
+            descriptors.ParseFromString(_compile_proto(path, self.dataset))
+        else:
+            try:
+                descriptors.ParseFromString(path.read_bytes())
+            except Exception as exc:
+                raise ConfigError(
+                    f"{self.dataset}: {path.name} is not a Protobuf descriptor set: {exc}",
+                    dataset=self.dataset,
+                    hint="make one with protoc --include_imports --descriptor_set_out=FILE",
+                ) from None
+        classes = message_factory.GetMessages(list(descriptors.file))
+        name = self.config.message or ""
+        if name not in classes:
+            known = ", ".join(sorted(classes)) or "none"
+            raise ConfigError(
+                f"{self.dataset}: message type {name!r} is not in {path.name} (it has: {known})",
+                dataset=self.dataset,
+            )
+        return classes[name]
+
+    # -- tables ----------------------------------------------------------------------------
+
+    def _raw(self, payloads: Sequence[bytes | None]) -> pa.Table:
+        import pyarrow as pa
+
+        if self.config.format == "text":
+            values = pa.array(
+                [None if p is None else p.decode("utf-8", "replace") for p in payloads],
+                pa.string(),
+            )
+        else:
+            values = pa.array(list(payloads), pa.binary())
+        return pa.table({"value": values, MESSAGE_INDEX: _int64(range(len(payloads)))})
+
+    @staticmethod
+    def _table(records: list[Any], fmt: str) -> pa.Table:
+        import pyarrow as pa
+
+        if not records:
+            return pa.table({})
+        try:
+            return pa.Table.from_pylist(records)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            if fmt != "json":
+                raise
+        return _widened(records)
+
+
+class _Undecodable(Exception):
+    """A payload that cannot be decoded: it becomes a dead letter."""
+
+
+def _int64(values: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.array(list(values), pa.int64())
+
+
+def _widened(records: list[Any]) -> pa.Table:
+    """Records whose field types disagree: read by DuckDB over every record, which widens a
+    column to a type that holds all its values (to text as the last resort)."""
+    import duckdb
+    import orjson
+
+    handle, temp = tempfile.mkstemp(suffix=".ndjson")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for record in records:
+                out.write(orjson.dumps(record) + b"\n")
+        con = duckdb.connect()
+        try:
+            return con.execute(
+                "SELECT * FROM read_json(?, format := 'newline_delimited', sample_size := -1)",
+                [temp],
+            ).to_arrow_table()
+        finally:
+            con.close()
+    finally:
+        os.unlink(temp)
+
+
+def _compile_proto(path: Path, dataset: str) -> bytes:
+    """A descriptor set for a ``.proto`` file, compiled with grpcio-tools' protoc."""
+    try:
+        from grpc_tools import protoc
+    except ImportError:
+        raise ConfigError(
+            f"{dataset}: compiling {path.name} needs grpcio-tools, which is not installed",
+            dataset=dataset,
+            hint="pip install grpcio-tools, or give a descriptor set: "
+            "protoc --include_imports --descriptor_set_out=schema.desc schema.proto",
+        ) from None
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "schema.desc")
+        code = protoc.main(
+            [
+                "protoc",
+                f"--proto_path={path.parent}",
+                "--include_imports",
+                f"--descriptor_set_out={out}",
+                path.name,
+            ]
+        )
+        if code != 0 or not os.path.exists(out):
+            raise ConfigError(
+                f"{dataset}: protoc could not compile {path.name} (exit {code})",
+                dataset=dataset,
+                hint="run protoc on it to see the error",
+            )
+        with open(out, "rb") as fh:
+            return fh.read()
