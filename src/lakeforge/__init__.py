@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lakeforge.errors import TransientError
-    from lakeforge.graph.decorators import table, view
+    from lakeforge.graph.decorators import stream_table, table, view
     from lakeforge.graph.partitions import Daily, Hourly, Monthly, Static
     from lakeforge.graph.spec import SCD2, Append, ColumnSpec, Merge, Overwrite, ReplacePartitions
     from lakeforge.sources.files import FilesConfig as files
@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, tuple[str, str]] = {
     "table": ("lakeforge.graph.decorators", "table"),
     "view": ("lakeforge.graph.decorators", "view"),
+    "stream_table": ("lakeforge.graph.decorators", "stream_table"),
     "SCD2": ("lakeforge.graph.spec", "SCD2"),
     "Append": ("lakeforge.graph.spec", "Append"),
     "ColumnSpec": ("lakeforge.graph.spec", "ColumnSpec"),
@@ -57,6 +58,7 @@ __all__ = [
     "database",
     "files",
     "rest",
+    "stream_table",
     "table",
     "view",
 ]

@@ -82,10 +82,11 @@ def _register() -> None:
         queue,
         run,
         sources,
+        stream,
     )
 
     modules = (init, run, plan, queue, explore, sources, dlq, checks, contract, maintenance)
-    for module in (*modules, freshness, alerts):
+    for module in (*modules, stream, freshness, alerts):
         module.register(app)
 
 

@@ -118,13 +118,15 @@ class Runner:
         backfill: dict[str, set[str]] | None = None,
         concurrency: int = 1,
         options: dict[str, Any] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> RunResult:
         """Build what is stale in ``selection`` (everything when empty).
 
         ``gate=False`` (``--no-gate``) still evaluates every expectation and check, but no
         result blocks a publish; the run records that it was not gated. ``backfill`` names
         partitions to rebuild whatever their state; ``concurrency`` partitions of a dataset
-        are built at once; ``options`` are recorded with the run.
+        are built at once; ``options`` are recorded with the run; ``stop`` is asked between
+        source batches (True: commit nothing more, leave the rest for the next run).
         """
         started = datetime.now(UTC)
         run_id = new_run_id()
@@ -148,6 +150,7 @@ class Runner:
             replay=dict(replay or {}),
             backfill={k: set(v) for k, v in (backfill or {}).items()},
             concurrency=concurrency,
+            stop=stop,
         )
         results = self._execute(run_id, started, names, full_refresh, threads, opts)
         failed = any(r.status in ("failed", "upstream_failed") for r in results.values())
@@ -438,10 +441,10 @@ class Runner:
         )
         views = [self.graph[v] for v in self.graph.views_needed(ds.name)]
         gate = opts.gate
-        source = opts.replay.get(ds.name) or source_of(ds, self.project.root)
+        source = opts.replay.get(ds.name) or source_of(ds, self.project.root, self.store)
         if source is not None:
             self._ingest(run_id, run_started, ds, assessment, full_refresh, result, gate,
-                         source, inputs, views, context)  # fmt: skip
+                         source, inputs, views, context, opts.stop)  # fmt: skip
             return
         data = self.engine.transform(ds, inputs, views, context)
         target = None if full_refresh else target_version
@@ -525,6 +528,7 @@ class Runner:
         inputs: dict[str, Any],
         views: list[Any],
         context: TransformContext,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
         """Read what is new from the source, one commit per batch (state in the commit)."""
         import pyarrow.dataset as pads
@@ -554,7 +558,7 @@ class Runner:
                     data = batch.data
                 else:
                     pinned = PinnedTable(SOURCE_INPUT, -1, [pads.dataset(batch.data)])
-                    batch_inputs = {**inputs, SOURCE_INPUT: pinned}
+                    batch_inputs = {**inputs, source.input_name: pinned}
                     data = self.engine.transform(ds, batch_inputs, views, context)
                 # The first batch replaces the table on --full-refresh, and on every run of a
                 # source that reads everything each time (a full load).
@@ -582,6 +586,9 @@ class Runner:
                     ]
                 )  # fmt: skip
                 result.checks_recorded = len(result.checks)
+                if stop is not None and stop():
+                    result.reason += " (stopped after this batch; the rest is read next time)"
+                    break
         finally:
             result.metrics.update(totals)
         result.metrics["checks"] = dict(Counter(c.status for c in result.checks))

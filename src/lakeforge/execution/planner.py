@@ -137,12 +137,13 @@ def assess(
         reasons.append("never built")
     elif state.last_commit is None:
         reasons.append("table has no Lakeforge commit (written by another tool)")
-    elif ds.config.source is not None:
-        # A source-fed table is built incrementally: new source data makes it stale; a code
-        # or input change applies to the batches that come next (--full-refresh re-ingests).
+    elif ds.config.source is not None or ds.config.mode == "streaming":
+        # A source-fed (or streaming) table is built incrementally: new source data makes it
+        # stale; a code or input change applies to the batches that come next
+        # (--full-refresh re-ingests).
         from lakeforge.sources import source_of
 
-        source = source_of(ds, root)
+        source = source_of(ds, root, store)
         assert source is not None
         position = source.recover(
             info.source_state for info in store.commit_infos(ds.name) if info.source_state

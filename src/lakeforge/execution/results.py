@@ -4,6 +4,7 @@ the listener protocol the CLI's progress display implements."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -154,12 +155,15 @@ class RunOptions:
             to re-ingest dead letters).
         backfill: dataset → partition keys rebuilt whatever their state.
         concurrency: partitions of one dataset built at once.
+        stop: asked between a source's batches; True ends the task after the batch just
+            committed (``lakeforge stream`` stopping gracefully); the rest is read next time.
     """
 
     gate: bool = True
     replay: dict[str, Any] = field(default_factory=dict)
     backfill: dict[str, set[str]] = field(default_factory=dict)
     concurrency: int = 1
+    stop: Callable[[], bool] | None = None
 
 
 class RunListener(Protocol):

@@ -134,6 +134,30 @@ def table(function: F | None = None, /, *, name: str | None = None, **options: A
 
 
 @overload
+def stream_table(function: F, /) -> F: ...
+@overload
+def stream_table(
+    function: None = None, /, *, name: str | None = None, **options: Any
+) -> Callable[[F], F]: ...
+def stream_table(
+    function: F | None = None, /, *, name: str | None = None, **options: Any
+) -> Any:
+    """Declare a streaming table: ``@lf.table(mode="streaming", ...)``.
+
+    It is built micro-batch by micro-batch from a ``source`` (files, a broker …) or from
+    the rows appended to an upstream dataset (``stream_from``), appending by default.
+    ``lakeforge stream`` runs it continuously on its ``trigger`` (an interval such as
+    ``"30s"``, or ``"available_now"``); ``lakeforge run`` processes what is available now.
+
+    Example:
+        >>> @lf.stream_table(trigger="5s")
+        ... def clean_events(raw_events):
+        ...     return raw_events.filter("device_id IS NOT NULL")
+    """
+    return _decorator("table", function, {"name": name, **options, "mode": "streaming"})
+
+
+@overload
 def view(function: F, /) -> F: ...
 @overload
 def view(

@@ -13,7 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from lakeforge.errors import Location
 from lakeforge.execution.retry import Backoff
@@ -41,6 +48,43 @@ RESCUE_COLUMN = "_rescued_data"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _valid_trigger(value: str | float) -> str | float:
+    """``available_now``, or an interval (``30s``, ``1m``, seconds as a number; ``0``: as
+    soon as the previous micro-batch ends)."""
+    if value == "available_now":
+        return value
+    from lakeforge.scheduling.spec import duration_seconds
+
+    try:
+        seconds = duration_seconds(value)
+    except ValueError:
+        raise ValueError(
+            f"invalid trigger {value!r}: use available_now or an interval such as 30s, 1m"
+        ) from None
+    if seconds < 0:
+        raise ValueError(f"trigger interval {value!r} must not be negative")
+    return value
+
+
+Trigger = Annotated[str | float, AfterValidator(_valid_trigger)]
+
+
+class StreamFrom(_Strict):
+    """How a streaming table reads an upstream dataset incrementally (``stream_from``).
+
+    Args:
+        dataset: the input read as a stream (default: the table's only input); its other
+            inputs are read whole, at the version current when each micro-batch starts.
+        max_versions_per_batch: upstream versions read per micro-batch (at least one).
+        skip_change_commits: ignore upstream versions that rewrite or delete rows (a merge,
+            an overwrite) instead of failing; appends are always read.
+    """
+
+    dataset: str | None = None
+    max_versions_per_batch: int = Field(default=100, ge=1)
+    skip_change_commits: bool = False
 
 
 class Append(_Strict):
@@ -145,6 +189,16 @@ class DatasetConfig(_Strict):
     source: SourceConfig | None = None
     partitions: Partitioning | None = None
     freshness: FreshnessSLA | None = None  # not fingerprinted: it does not shape the data
+    # Streaming (streaming/): micro-batches as data arrives; not fingerprinted.
+    mode: Literal["batch", "streaming"] = "batch"
+    trigger: Trigger = "10s"
+    stream_from: StreamFrom | None = None
+
+    @field_validator("stream_from", mode="before")
+    @classmethod
+    def _stream_from_shorthand(cls, value: Any) -> Any:
+        # `stream_from: orders` is shorthand for `stream_from: {dataset: orders}`.
+        return {"dataset": value} if isinstance(value, str) else value
 
     @field_validator("partitions", mode="before")
     @classmethod
@@ -174,7 +228,10 @@ class DatasetConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _append_from_sources(cls, data: Any) -> Any:
-        # A source yields batches of new records: appending them is the natural default.
+        # A source (or a stream) yields batches of new records: appending them is the natural
+        # default.
+        if isinstance(data, dict) and data.get("mode") == "streaming" and "write" not in data:
+            data = {**data, "write": {"strategy": "append"}}
         if not isinstance(data, dict) or data.get("source") is None:
             return data
         source = data["source"]
@@ -224,6 +281,21 @@ class DatasetConfig(_Strict):
             )
         if self.kind == "view" and self.freshness is not None:
             raise ValueError("a view is computed when read: put freshness on a table")
+        if self.mode == "streaming":
+            if self.kind == "view":
+                raise ValueError("a view is computed when read: it cannot stream (use a table)")
+            if self.write.strategy in ("overwrite", "replace_partitions"):
+                raise ValueError(
+                    f"write strategy {self.write.strategy} would make each micro-batch replace "
+                    "the one before: a streaming table appends (the default), merges or cdc"
+                )
+            if self.partitions is not None:
+                raise ValueError(
+                    "a streaming table is built micro-batch by micro-batch: it takes no "
+                    "partitions (partition_by still lays out its files)"
+                )
+        elif self.stream_from is not None:
+            raise ValueError("stream_from applies to mode: streaming")
         if self.kind == "view" and (self.expect or self.checks):
             raise ValueError("a view is not materialized: put expect/checks on a table")
         if isinstance(self.write, SCD2) and any(c.scope == "table" for c in self.checks):

@@ -8,13 +8,24 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lakeforge.graph.spec import Dataset
     from lakeforge.sources.base import Source
+    from lakeforge.storage.delta import DeltaStore
 
 
-def source_of(ds: Dataset, project_root: Path) -> Source | None:
-    """The source feeding ``ds``, or None. The one place source kinds are resolved."""
+def source_of(ds: Dataset, project_root: Path, store: DeltaStore | None = None) -> Source | None:
+    """The source feeding ``ds``, or None. The one place source kinds are resolved.
+
+    A streaming table without a ``source`` streams from an upstream dataset: its source is
+    that dataset's table, read incrementally (``delta_feed.py``; needs ``store``).
+    """
     config = ds.config.source
     if config is None:
-        return None
+        if ds.config.mode != "streaming" or store is None:
+            return None
+        from lakeforge.graph.spec import StreamFrom
+        from lakeforge.sources.delta_feed import DeltaFeedSource, stream_input
+
+        settings = ds.config.stream_from or StreamFrom()
+        return DeltaFeedSource(ds.name, project_root, stream_input(ds), store, settings)
     from lakeforge.sources.files import FilesSource
     from lakeforge.sources.rest import RestSource
     from lakeforge.sources.sql_db import SqlSource

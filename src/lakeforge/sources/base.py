@@ -76,6 +76,9 @@ class Source(ABC):
         #: from scratch), bound by the executor before :meth:`batches`, for sources that
         #: compare with what they ingested. None outside a build.
         self.target: Callable[[], PinnedTable | None] | None = None
+        #: the name the transform reads each batch under (an upstream's name for a stream
+        #: from another dataset)
+        self.input_name = SOURCE_INPUT
 
     @abstractmethod
     def recover(self, committed: Iterable[dict[str, Any]]) -> Any:

@@ -1,0 +1,148 @@
+"""``lakeforge stream``: run streaming tables continuously, on their triggers."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from lakeforge.cli.output import console, err_console, print_error
+
+if TYPE_CHECKING:
+    from lakeforge.execution.results import RunResult, TaskResult
+    from lakeforge.streaming.loop import FlowProgress
+
+
+def stream(
+    ctx: typer.Context,
+    selection: list[str] | None = typer.Argument(
+        None, help="Streaming tables to run (selection syntax); default: all of them."
+    ),
+    max_micro_batches: int | None = typer.Option(
+        None, "--max-micro-batches", min=1, help="Stop after N micro-batch runs."
+    ),
+    available_now: bool = typer.Option(
+        False,
+        "--available-now",
+        help="Process what is available now in every flow, then stop (whatever the triggers).",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON line per micro-batch of a flow, then the totals."
+    ),
+) -> None:
+    """Run streaming tables continuously until stopped (Ctrl-C / SIGTERM: the batch in
+    progress is committed first)."""
+    import orjson
+
+    from lakeforge.cli.app import settings
+    from lakeforge.execution.executor import Runner
+    from lakeforge.project.loader import load_project
+    from lakeforge.streaming.loop import StreamLoop
+
+    opts = settings(ctx)
+    project = load_project(opts.project_dir)
+    runner = Runner(project)
+    display = _Display(as_json)
+    loop = StreamLoop(
+        runner, selection, on_batch=display.on_batch, max_micro_batches=max_micro_batches
+    )
+    if available_now:
+        for flow in loop.flows.values():
+            flow.trigger = "available_now"
+    stop = threading.Event()
+    signals = {"count": 0}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        stop.set()
+        err_console.print(
+            f"[yellow]{signal.Signals(signum).name}: finishing the batch in progress "
+            "(again to stop now)[/]"
+        )
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    if not as_json:
+        shown = ", ".join(f"{f.dataset} ({f.trigger})" for f in loop.flows.values())
+        err_console.print(f"streaming {escape(shown)} — Ctrl-C to stop")
+    try:
+        flows = loop.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    failed = [f for f in flows.values() if f.error is not None]
+    if as_json:
+        totals = {"stream": loop.stream_id, "flows": [f.to_dict() for f in flows.values()]}
+        console.print(orjson.dumps(totals).decode(), soft_wrap=True, highlight=False)
+    else:
+        console.print(_summary(list(flows.values())))
+        for flow in failed:
+            err_console.print(f"[red]✗[/] {escape(flow.dataset)}: {escape(flow.error or '')}")
+    if failed:
+        raise typer.Exit(1)
+
+
+class _Display:
+    """Prints each micro-batch of a flow as it ends: a line for people, or JSON."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def on_batch(self, flow: FlowProgress, task: TaskResult, result: RunResult) -> None:
+        import orjson
+
+        if self.as_json:
+            line: dict[str, Any] = {"dataset": flow.dataset, **flow.last}
+            console.print(orjson.dumps(line).decode(), soft_wrap=True, highlight=False)
+            return
+        last = flow.last
+        if task.status == "failed":
+            if task.error is not None:
+                print_error(task.error, debug=False)
+            return
+        if task.status != "success":
+            return
+        rate = last.get("processing_rate")
+        lag = last.get("lag")
+        parts = [
+            f"{last['rows_in']:,} in",
+            f"{last['rows_out']:,} out",
+            f"{last['batches']} batch(es)",
+            f"{last['seconds']:.2f}s",
+        ]
+        if rate is not None:
+            parts.append(f"{rate:,.0f} rows/s")
+        if last.get("input_rate") is not None:
+            parts.append(f"input {last['input_rate']:,.0f} rows/s")
+        if lag is not None:
+            parts.append(f"lag {lag}")
+        err_console.print(f"[green]✓[/] {escape(flow.dataset)}: " + ", ".join(parts))
+
+
+def _summary(flows: list[FlowProgress]) -> Table:
+    table = Table(title="stream")
+    for column in ("flow", "trigger", "micro-batches", "batches", "rows in", "rows out", "status"):
+        table.add_column(
+            column, justify="right" if column.startswith(("micro", "rows", "bat")) else "left"
+        )
+    for f in flows:
+        status = "[red]failing[/]" if f.error else ("done" if f.done else "stopped")
+        table.add_row(
+            escape(f.dataset),
+            str(f.trigger),
+            str(f.micro_batches),
+            str(f.batches),
+            f"{f.rows_in:,}",
+            f"{f.rows_out:,}",
+            status,
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(stream)
