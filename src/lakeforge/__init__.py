@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from lakeforge.graph.decorators import stream_table, table, view
     from lakeforge.graph.partitions import Daily, Hourly, Monthly, Static
     from lakeforge.graph.spec import SCD2, Append, ColumnSpec, Merge, Overwrite, ReplacePartitions
+    from lakeforge.scheduling.sensors import RunRequest, SensorContext, sensor
     from lakeforge.sources.files import FilesConfig as files
     from lakeforge.sources.rest import RestConfig as rest
     from lakeforge.sources.sql_db import SqlConfig as database
@@ -40,6 +41,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "files": ("lakeforge.sources.files", "FilesConfig"),
     "database": ("lakeforge.sources.sql_db", "SqlConfig"),
     "rest": ("lakeforge.sources.rest", "RestConfig"),
+    "sensor": ("lakeforge.scheduling.sensors", "sensor"),
+    "RunRequest": ("lakeforge.scheduling.sensors", "RunRequest"),
+    "SensorContext": ("lakeforge.scheduling.sensors", "SensorContext"),
 }
 
 __all__ = [
@@ -52,12 +56,15 @@ __all__ = [
     "Monthly",
     "Overwrite",
     "ReplacePartitions",
+    "RunRequest",
+    "SensorContext",
     "Static",
     "TransientError",
     "__version__",
     "database",
     "files",
     "rest",
+    "sensor",
     "stream_table",
     "table",
     "view",

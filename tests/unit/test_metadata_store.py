@@ -22,12 +22,24 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 
 from lakeforge.errors import LakeforgeError
 from lakeforge.metadata import MetadataStore, RunRecord, mask_url
 from lakeforge.metadata.models import Base, CheckResultRecord, JSONDocument, UTCDateTime
 from lakeforge.metadata.store import MIGRATIONS_DIR
+
+
+def _head() -> str:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+HEAD = _head()  # the newest migration shipped with the store
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -212,7 +224,7 @@ def test_reopen_is_idempotent_and_skips_alembic(
     engine = create_engine(db_url)
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": "lf_alembic_version"})
-        assert context.get_current_heads() == ("0005",)
+        assert context.get_current_heads() == (HEAD,)
     engine.dispose()
 
 
@@ -494,7 +506,7 @@ def test_upgrade_from_0001_keeps_runs_and_downgrade_drops_check_results(tmp_path
     assert schema_revision(db_url) == ("0001",)
 
     with MetadataStore(db_url) as opened:
-        assert schema_revision(db_url) == ("0005",)
+        assert schema_revision(db_url) == (HEAD,)
         assert [r.id for r in opened.list_runs()] == ["old-1", "old-0"]
         old = opened.get_run("old-1")
         assert (old.status, old.options, old.counts) == (
@@ -529,7 +541,7 @@ def test_upgrade_from_0001_keeps_runs_and_downgrade_drops_check_results(tmp_path
     with MetadataStore(db_url) as reopened:
         assert reopened.list_check_results() == []
         assert len(reopened.get_run("old-0").tasks) == 1
-    assert schema_revision(db_url) == ("0005",)
+    assert schema_revision(db_url) == (HEAD,)
 
 
 def test_check_results_round_trip(store: MetadataStore) -> None:

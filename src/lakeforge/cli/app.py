@@ -81,12 +81,13 @@ def _register() -> None:
         plan,
         queue,
         run,
+        schedule,
         sources,
         stream,
     )
 
     modules = (init, run, plan, queue, explore, sources, dlq, checks, contract, maintenance)
-    for module in (*modules, stream, freshness, alerts):
+    for module in (*modules, stream, schedule, freshness, alerts):
         module.register(app)
 
 

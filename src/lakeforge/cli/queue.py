@@ -95,7 +95,12 @@ def queue_add(
     ctx: typer.Context,
     selection: list[str] | None = typer.Argument(None, help="What to run (default everything)."),
     priority: int = typer.Option(0, "--priority", help="Higher runs first."),
-    pool: str = typer.Option("default", "--pool", help="Concurrency pool."),
+    pool: str | None = typer.Option(
+        None,
+        "--pool",
+        help="Concurrency pool (default: the first `tag:<t>` pool of lakeforge.yml whose tag a "
+        "selected dataset has, else `default`).",
+    ),
     reason: str = typer.Option("queued by hand", "--reason"),
     full_refresh: bool = typer.Option(False, "--full-refresh"),
 ) -> None:
@@ -104,15 +109,16 @@ def queue_add(
     from lakeforge.graph.selection import select
     from lakeforge.metadata.store import MetadataStore
     from lakeforge.project.loader import load_project
-    from lakeforge.scheduling.queue import RunQueue
+    from lakeforge.scheduling.queue import RunQueue, route_pool
 
     project = load_project(settings(ctx).project_dir)
-    select(project.graph, selection)  # a bad selection fails now, not in a worker
+    names = select(project.graph, selection)  # a bad selection fails now, not in a worker
+    chosen = route_pool(project.graph, names, project.config.pools, pool)
     item = RunQueue(MetadataStore(project.metadata_url)).enqueue(
-        selection=selection or None, priority=priority, pool=pool, reason=reason,
+        selection=selection or None, priority=priority, pool=chosen, reason=reason,
         full_refresh=full_refresh,
     )  # fmt: skip
-    console.print(f"queued item {item}")
+    console.print(f"queued item {item} (pool {escape(chosen)})")
 
 
 @queue_app.command("cancel")

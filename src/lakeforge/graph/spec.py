@@ -32,7 +32,12 @@ from lakeforge.quality.spec import (
     expand_check_shorthand,
     expectations_from,
 )
-from lakeforge.scheduling.spec import Duration, FreshnessSLA
+from lakeforge.scheduling.spec import (
+    CronTrigger,
+    Duration,
+    FreshnessSLA,
+    cron_trigger_shorthand,
+)
 from lakeforge.sources.files import FilesConfig
 from lakeforge.sources.rest import RestConfig
 from lakeforge.sources.sql_db import SqlConfig
@@ -193,6 +198,22 @@ class DatasetConfig(_Strict):
     mode: Literal["batch", "streaming"] = "batch"
     trigger: Trigger = "10s"
     stream_from: StreamFrom | None = None
+    # When to run it (scheduling/): not fingerprinted either.
+    schedule: CronTrigger | None = None
+    on_upstream_change: bool = False
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_shorthand(cls, value: Any) -> Any:
+        return cron_trigger_shorthand(value)
+
+    @model_validator(mode="after")
+    def _automation_on_tables(self) -> DatasetConfig:
+        if self.kind == "view" and (self.schedule is not None or self.on_upstream_change):
+            raise ValueError(
+                "a view is computed when read: put schedule / on_upstream_change on a table"
+            )
+        return self
 
     @field_validator("stream_from", mode="before")
     @classmethod

@@ -268,6 +268,29 @@ class PoolRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
+class ScheduleStateRow(Base):
+    """The state of one schedule or sensor (``scheduling/scheduler.py``): how far its ticks
+    were handled, its sensor cursor, when it last fired. Locked while a scheduler enqueues
+    for it, so two schedulers never queue the same tick or sensor firing."""
+
+    __tablename__ = "lf_schedule_state"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # schedule | sensor
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # Schedules: every tick at or before this time was handled (queued or skipped).
+    cursor: Mapped[datetime | None]
+    # Sensors: what the last evaluation saw (file set, input versions, a custom cursor).
+    state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    last_evaluated: Mapped[datetime | None]
+    last_fired: Mapped[datetime | None]
+    last_tick: Mapped[datetime | None]  # schedules: the newest tick queued
+    last_item: Mapped[int | None] = mapped_column(Integer)  # the queue item it last added
+    fired: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)  # ticks dropped by catchup rules
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
 # Plain records handed out by the store, detached from any session (safe across threads).
 
 

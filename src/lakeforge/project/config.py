@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lakeforge.errors import ConfigError, Location
 from lakeforge.execution.retry import Backoff
 from lakeforge.project.yamlconf import load_yaml, validate
-from lakeforge.scheduling.spec import AlertChannels, Duration
+from lakeforge.scheduling.spec import AlertChannels, Duration, Schedules, Sensors
 
 CONFIG_FILE = "lakeforge.yml"
 STATE_DIR = ".lakeforge"
@@ -60,7 +60,10 @@ class ProjectConfig(BaseModel):
         quality: quality-gate settings.
         vars: free-form values for pipelines.
         alerts: alert channels (webhook, command, log); see docs/freshness-alerts.md.
-        pools: concurrency pools of queued runs: name → runs at once over all workers.
+        pools: concurrency pools of queued runs: name → runs at once over all workers;
+            a pool named ``tag:<t>`` takes the scheduled runs selecting a dataset tagged t.
+        schedules: cron schedules that queue runs (docs/scheduling.md).
+        sensors: file, upstream-change and Python sensors that queue runs.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -76,6 +79,8 @@ class ProjectConfig(BaseModel):
     vars: dict[str, Any] = Field(default_factory=dict)
     alerts: AlertChannels = Field(default_factory=list)
     pools: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    schedules: Schedules = Field(default_factory=list)
+    sensors: Sensors = Field(default_factory=list)
 
 
 def load_config(root: Path) -> ProjectConfig:

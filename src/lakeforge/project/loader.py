@@ -22,6 +22,7 @@ from lakeforge.project.config import (
     resolve_metadata_url,
     resolve_storage_root,
 )
+from lakeforge.scheduling.sensors import SENSOR_ATTRIBUTE, SensorDefinition
 from lakeforge.sql.model import load_sql_model
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class Project:
     config: ProjectConfig
     graph: Graph
     contracts: dict[str, Contract] = field(default_factory=dict)  # dataset → its contract
+    sensors: list[SensorDefinition] = field(default_factory=list)  # @lf.sensor functions
 
     @property
     def name(self) -> str:
@@ -66,10 +68,12 @@ def load_project(start: Path | str = ".") -> Project:
     """Load the project containing ``start`` (a folder)."""
     root = find_root(Path(start))
     config = load_config(root)
-    datasets = [*_load_pipelines(root), *_load_models(root)]
+    sensors: list[SensorDefinition] = []
+    datasets = [*_load_pipelines(root, sensors), *_load_models(root)]
     datasets = [_apply_defaults(ds, config) for ds in datasets]
     graph = Graph(datasets)
-    return Project(root=root, config=config, graph=graph, contracts=_load_contracts(root, graph))
+    contracts = _load_contracts(root, graph)
+    return Project(root=root, config=config, graph=graph, contracts=contracts, sensors=sensors)
 
 
 def _load_contracts(root: Path, graph: Graph) -> dict[str, Contract]:
@@ -119,7 +123,8 @@ def _load_models(root: Path) -> list[Dataset]:
     return [load_sql_model(path, root) for path in sorted(models.rglob("*.sql"))]
 
 
-def _load_pipelines(root: Path) -> list[Dataset]:
+def _load_pipelines(root: Path, sensors: list[SensorDefinition] | None = None) -> list[Dataset]:
+    """Datasets declared in ``pipelines/*.py``; ``@lf.sensor`` functions go to ``sensors``."""
     pipelines = root / "pipelines"
     if not pipelines.is_dir():
         return []
@@ -135,12 +140,14 @@ def _load_pipelines(root: Path) -> list[Dataset]:
                 continue
             module = _import(path, f"{package}.{path.stem}", root)
             for value in vars(module).values():
+                if getattr(value, "__module__", None) != module.__name__:
+                    continue  # imported from elsewhere: declared there
                 ds = getattr(value, ATTRIBUTE, None)
-                if (
-                    isinstance(ds, Dataset)
-                    and getattr(value, "__module__", None) == module.__name__
-                ):
+                if isinstance(ds, Dataset):
                     found.append(ds)
+                sensor = getattr(value, SENSOR_ATTRIBUTE, None)
+                if sensors is not None and isinstance(sensor, SensorDefinition):
+                    sensors.append(sensor)
     finally:
         if added:
             sys.path.remove(root_str)

@@ -15,6 +15,7 @@ such a recovery builds nothing twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,9 @@ from sqlalchemy.exc import IntegrityError
 from lakeforge.metadata.models import PoolRow, QueueItemRow
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from lakeforge.graph.dag import Graph
     from lakeforge.metadata.store import MetadataStore
 
 QUEUE_STATUSES = ("queued", "claimed", "done", "failed", "cancelled")
@@ -96,6 +100,21 @@ class QueueItem:
         return out
 
 
+def route_pool(
+    graph: Graph, datasets: list[str], pools: Mapping[str, int], explicit: str | None = None
+) -> str:
+    """The pool a run of ``datasets`` goes to: ``explicit`` when given; else the first pool
+    of ``pools:`` named ``tag:<t>`` whose tag a dataset of the run carries; else
+    ``default``."""
+    if explicit:
+        return explicit
+    tags = {t for name in datasets if name in graph for t in graph[name].config.tags}
+    for pool in pools:
+        if pool.startswith("tag:") and pool.removeprefix("tag:") in tags:
+            return pool
+    return DEFAULT_POOL
+
+
 class RunQueue:
     """The queue in a :class:`MetadataStore`; safe to share between threads and processes."""
 
@@ -114,9 +133,14 @@ class RunQueue:
         dedupe_key: str | None = None,
         not_before: datetime | None = None,
         now: datetime | None = None,
+        session: Session | None = None,
     ) -> int | None:
         """Queue a run; returns its id, or None when an item with ``dedupe_key`` is already
-        queued or running."""
+        queued or running.
+
+        With ``session`` the item is added in that transaction (under a savepoint), so a
+        caller can queue runs and record why in one commit — the scheduler does, holding its
+        schedule's state row locked."""
         row = QueueItemRow(
             status="queued",
             selection=list(selection) if selection is not None else None,
@@ -130,10 +154,19 @@ class RunQueue:
             enqueued_at=now or datetime.now(UTC),
             attempts=0,
         )
+        if session is not None:
+            try:
+                with session.begin_nested():
+                    session.add(row)
+            except IntegrityError:
+                if dedupe_key is None:
+                    raise
+                return None
+            return row.id
         try:
-            with self.metadata.session(write=True) as session:
-                session.add(row)
-                session.flush()
+            with self.metadata.session(write=True) as own:
+                own.add(row)
+                own.flush()
                 return row.id
         except IntegrityError:
             if dedupe_key is None:

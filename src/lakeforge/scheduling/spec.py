@@ -9,7 +9,15 @@ from __future__ import annotations
 import shlex
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from lakeforge.project.durations import parse_duration
 
@@ -28,13 +36,25 @@ def duration_seconds(value: str | float) -> float:
     return parse_duration(value).total_seconds()
 
 
+def _not_a_bool(value: Any) -> Any:
+    # YAML reads `yes`/`true` as a bool, which pydantic would take for 1 second.
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}: use e.g. 90s, 30m, 2h or 7d")
+    return value
+
+
 def _positive_duration(value: str | float | None) -> str | float | None:
     if value is not None and duration_seconds(value) <= 0:
         raise ValueError(f"duration {value!r} must be longer than zero")
     return value
 
 
-Duration = Annotated[str | float, AfterValidator(_positive_duration)]
+def format_duration(value: str | float) -> str:
+    """A duration as written (``2h``), or a number of seconds as ``90s``."""
+    return value if isinstance(value, str) else f"{value:g}s"
+
+
+Duration = Annotated[str | float, BeforeValidator(_not_a_bool), AfterValidator(_positive_duration)]
 
 
 class _Strict(BaseModel):
@@ -66,8 +86,8 @@ class FreshnessSLA(_Strict):
             and duration_seconds(self.warn_after) >= duration_seconds(self.error_after)
         ):
             raise ValueError(
-                f"freshness warn_after ({self.warn_after}) must be shorter than error_after "
-                f"({self.error_after})"
+                f"freshness warn_after ({format_duration(self.warn_after)}) must be shorter "
+                f"than error_after ({format_duration(self.error_after)})"
             )
         return self
 
@@ -83,9 +103,9 @@ class FreshnessSLA(_Strict):
         """``warn 2h, error 6h``."""
         parts = []
         if self.warn_after is not None:
-            parts.append(f"warn {self.warn_after}")
+            parts.append(f"warn {format_duration(self.warn_after)}")
         if self.error_after is not None:
-            parts.append(f"error {self.error_after}")
+            parts.append(f"error {format_duration(self.error_after)}")
         return ", ".join(parts)
 
 
@@ -208,3 +228,172 @@ def _named(channels: list[Any]) -> list[Any]:
 
 
 AlertChannels = Annotated[list[AlertChannel], AfterValidator(_named)]
+
+
+# -- schedules and sensors (scheduling/schedules.py, sensors.py, scheduler.py) -------------
+
+# Names of schedules and sensors written in lakeforge.yml. No ':' — the shorthand on a
+# dataset is named `dataset:<name>`, so the two can never collide.
+_AUTOMATION_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+
+
+def check_cron(expression: str) -> str:
+    """``expression`` if croniter accepts it (5 fields, an optional 6th for seconds, or
+    ``@hourly``/``@daily``/``@weekly``/``@monthly``/``@yearly``); else ValueError."""
+    from croniter import croniter  # only projects with schedules pay for the import
+
+    if not isinstance(expression, str) or not croniter.is_valid(expression):
+        raise ValueError(
+            f"invalid cron expression {expression!r}: use minute hour day-of-month month "
+            "day-of-week, e.g. '0 3 * * *' or '*/15 * * * *', or @hourly / @daily / @weekly"
+        )
+    return expression
+
+
+def check_timezone(name: str) -> str:
+    """``name`` if it is a known IANA zone (``UTC``, ``Europe/Berlin``); else ValueError."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown timezone {name!r}: use an IANA name such as UTC or Europe/Berlin"
+        ) from None
+    return name
+
+
+def _selection_terms(value: Any) -> Any:
+    # `select: tag:gold` is shorthand for `select: [tag:gold]`.
+    return [value] if isinstance(value, str) else value
+
+
+def _interval(value: str | float) -> str | float:
+    if duration_seconds(value) < 0:  # duration_seconds also refuses a YAML bool
+        raise ValueError(f"interval {value!r} must not be negative")
+    return value
+
+
+Cron = Annotated[str, AfterValidator(check_cron)]
+Interval = Annotated[str | float, AfterValidator(_interval)]  # 0 allowed: every evaluation
+Timezone = Annotated[str, AfterValidator(check_timezone)]
+PoolName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class CronTrigger(_Strict):
+    """When a schedule fires, and what its runs look like in the queue.
+
+    Args:
+        cron: croniter syntax: ``0 * * * *``, ``*/15 * * * *``, ``@daily`` …
+        timezone: the zone the expression is read in (default UTC; daylight-saving
+            transitions follow the zone).
+        catchup: ticks missed while no scheduler ran: on → one run per missed tick (the
+            newest ``max_catchup``); off (default) → one run, for the newest missed tick.
+        max_catchup: at most this many missed ticks are queued at once.
+        priority: queue priority of the runs (higher first).
+        pool: the concurrency pool of the runs; default: a ``tag:<t>`` pool of
+            ``pools:`` matching a selected dataset's tag, else ``default``.
+    """
+
+    cron: Cron
+    timezone: Timezone = "UTC"
+    catchup: bool = False
+    max_catchup: int = Field(default=24, ge=1, le=10_000)
+    priority: int = 0
+    pool: PoolName | None = None
+
+
+def cron_trigger_shorthand(value: Any) -> Any:
+    """``schedule: "0 3 * * *"`` on a dataset is shorthand for ``{cron: "0 3 * * *"}``."""
+    return {"cron": value} if isinstance(value, str) else value
+
+
+class ScheduleConfig(CronTrigger):
+    """One entry of ``schedules:`` in lakeforge.yml: a cron trigger and what it runs.
+
+    Args:
+        name: unique among schedules; part of each tick's queue dedupe key.
+        select: what to run, in ``lakeforge run`` selection syntax (a term or a list).
+    """
+
+    name: str = Field(pattern=_AUTOMATION_NAME, max_length=64)
+    select: list[str] = Field(min_length=1)
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return _selection_terms(value)
+
+
+class SensorConfig(_Strict):
+    """One entry of ``sensors:``: a condition evaluated every ``min_interval`` that queues
+    a run of ``select`` when it holds. Exactly one of ``files``, ``datasets``, ``python``.
+
+    Args:
+        name: unique among sensors.
+        files: a glob relative to the project (``**`` recurses): fires when files appear
+            or change (new path, size or modification time) since the last evaluation.
+        datasets: fires when one of these tables has a new data version (a commit that
+            changed rows) since the versions recorded at the last evaluation.
+        python: ``module:function`` importable from the project root; the function takes
+            a :class:`~lakeforge.scheduling.sensors.SensorContext` and returns a bool or a
+            :class:`~lakeforge.scheduling.sensors.RunRequest`.
+        select: what to run (required for ``files`` and ``datasets``; a Python sensor may
+            name its selection in each ``RunRequest`` instead).
+        min_interval: the sensor is evaluated at most this often (default 30s; 0: at every
+            evaluation of the scheduler).
+        priority / pool: as for schedules.
+    """
+
+    name: str = Field(pattern=_AUTOMATION_NAME, max_length=64)
+    files: str | None = Field(default=None, min_length=1)
+    datasets: list[str] | None = Field(default=None, min_length=1)
+    python: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.]+:[A-Za-z0-9_.]+$")
+    select: list[str] = Field(default_factory=list)
+    min_interval: Interval = "30s"
+    priority: int = 0
+    pool: PoolName | None = None
+
+    @field_validator("select", "datasets", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return _selection_terms(value)
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> SensorConfig:
+        given = [k for k in ("files", "datasets", "python") if getattr(self, k) is not None]
+        if len(given) != 1:
+            found = f" (found {', '.join(given)})" if given else ""
+            raise ValueError(f"a sensor needs exactly one of files, datasets or python{found}")
+        if self.python is None and not self.select:
+            raise ValueError(f"a {given[0]} sensor needs `select`: what to run when it fires")
+        if self.files is not None and "://" in self.files:
+            raise ValueError(
+                "file sensors watch local paths only; an object-store URI is not supported yet"
+            )
+        return self
+
+    @property
+    def kind(self) -> Literal["files", "upstream", "python"]:
+        if self.files is not None:
+            return "files"
+        return "upstream" if self.datasets is not None else "python"
+
+    @property
+    def min_interval_seconds(self) -> float:
+        return duration_seconds(self.min_interval)
+
+
+def _unique_names(kind: str) -> Any:
+    def check(items: list[Any]) -> list[Any]:
+        names = [item.name for item in items]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"two {kind} are named {duplicates[0]!r}; names must be unique")
+        return items
+
+    return AfterValidator(check)
+
+
+Schedules = Annotated[list[ScheduleConfig], _unique_names("schedules")]
+Sensors = Annotated[list[SensorConfig], _unique_names("sensors")]
