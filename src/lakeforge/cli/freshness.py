@@ -57,10 +57,12 @@ def freshness(
         if alert:
             payload["alerts"] = [d.to_dict() for d in deliveries]
         print_json(payload)
-    elif not results:
-        console.print("no dataset of the selection declares `freshness:`")
     else:
-        console.print(_table(results))
+        if results:
+            console.print(_table(results))
+        else:
+            console.print("no dataset of the selection declares `freshness:`")
+        # Resolutions are sent even with no result (an SLA removed from every dataset).
         _print_deliveries(deliveries)
     if any(r.status == "error" for r in results):
         raise typer.Exit(1)

@@ -7,8 +7,9 @@ channel was told and what it is still owed:
 - a new firing episode is owed to every channel that wants it (event filter, severity);
 - a condition still firing at the same severity is owed nothing — unless the channel's
   ``repeat_after`` has passed since it was last told;
-- a severity change (``warn`` → ``error`` or back) is owed to the channels that want the
-  new severity;
+- a severity change (``warn`` → ``error`` or back) is owed, as ``escalated``, to the told
+  channels that want the new severity and were told another one (a channel that never
+  heard of a change is not told it was undone);
 - a clear is owed, as one ``resolved`` message, to the channels that were told it fired
   (a firing never delivered is dropped rather than followed by a lone resolution).
 
@@ -120,7 +121,10 @@ class AlertRecord:
             "count": self.count,
             "pending": self.pending,
             "deliveries": {
-                name: {k: d.get(k) for k in ("told", "owed", "sent_at", "error", "failures")}
+                name: {
+                    k: d.get(k)
+                    for k in ("told", "severity", "owed", "sent_at", "error", "failures")
+                }
                 for name, d in self.deliveries.items()
             },
         }
@@ -215,8 +219,15 @@ class AlertBook:
             if d is None or not d.get("told"):
                 if d is None or d.get("owed") != "firing" or changed:
                     deliveries[name] = {**(d or {}), "told": False, **_owe("firing")}
-            elif changed:
-                d.update(_owe("escalated", previous))
+            elif changed or d.get("owed") == "escalated":
+                # Compare with what this channel was told, not with the last observation:
+                # it may have missed a change (not wanted, or not delivered yet).
+                told_as = d.get("severity") or previous
+                if told_as == obs.severity:
+                    if d.get("owed") == "escalated":
+                        d.update(_owe(None))  # back to what the channel knows
+                elif changed:
+                    d.update(_owe("escalated", told_as))
             elif d.get("owed") is None and _repeat_due(d, channel.repeat_seconds, now):
                 d.update(_owe("repeat"))
         row.deliveries = deliveries
@@ -282,8 +293,9 @@ class AlertBook:
                     if o.ok:
                         row.last_sent = now
                         d["sent_at"], d["error"], d["failures"] = now.isoformat(), None, 0
+                        told_as = o.claim.alert.severity
                         if o.claim.kind != "resolved":
-                            d["told"] = True
+                            d["told"], d["severity"] = True, told_as
                         elif current:
                             d["told"] = False
                         if current:
@@ -291,6 +303,15 @@ class AlertBook:
                         elif row.status == "resolved" and o.claim.kind != "resolved":
                             # Resolved while the firing was on its way: follow it up.
                             d["owed"] = "resolved"
+                        elif (
+                            row.status == "firing"
+                            and o.claim.kind != "resolved"
+                            and not d.get("owed")
+                            and row.severity != told_as
+                            and self._wants(o.claim.channel, row.event, row.severity)
+                        ):
+                            # The severity changed again while this was on its way.
+                            d.update(_owe("escalated", told_as))
                     elif current:
                         d["error"] = o.error
                         d["failures"] = int(d.get("failures") or 0) + 1
@@ -298,6 +319,10 @@ class AlertBook:
                         d["claim"], d["claimed_at"] = None, None
                 row.deliveries = deliveries
                 row.undelivered = any(d.get("owed") for d in deliveries.values())
+
+    def _wants(self, name: str, event: str, severity: str) -> bool:
+        channel = self.channels.get(name)
+        return channel is not None and channel.wants(event, severity)
 
     # -- reading --------------------------------------------------------------------------
 

@@ -108,8 +108,9 @@ def run_observations(result: RunResult) -> list[Observation]:
         out += _check_observations(task, result.run_id)
         blocked = any(c.blocking for c in task.checks)
         if task.status == "failed":
+            # Under --no-gate no check blocks a build: whatever failed it is a run failure.
             by_gate = isinstance(task.error, QualityGateFailed) or (
-                bool(task.partitions) and blocked
+                bool(task.partitions) and blocked and result.gate
             )
             if not by_gate:  # a gate failure is reported per check, as check_failed
                 out.append(_run_failed(task, result.run_id))
@@ -121,7 +122,7 @@ def run_observations(result: RunResult) -> list[Observation]:
                     task.dataset,
                     firing=False,
                     run_id=result.run_id,
-                    message=f"{task.dataset} {done} in run {result.run_id}",
+                    message=f"{task.dataset} {done}",  # the message adds "(run …)"
                 )
             )
     return out

@@ -234,7 +234,9 @@ def _post(
     timeout = duration_seconds(channel.timeout)
     attempts = channel.retries + 1
     problem = ""
+    made = 0
     for attempt in range(1, attempts + 1):
+        made = attempt
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -249,7 +251,7 @@ def _post(
             problem = f"{type(reason).__name__}: {reason}"
         if attempt < attempts:
             sleep(min(MAX_DELAY, BASE_DELAY * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
-    tried = f" after {attempts} attempt(s)" if attempts > 1 else ""
+    tried = f" after {made} attempt(s)" if made > 1 else ""  # a refusal is not retried
     return SendResult(channel.label, False, scrub(channel, f"{problem}{tried}"))
 
 

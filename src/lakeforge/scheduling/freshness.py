@@ -2,10 +2,12 @@
 
 - **Unpartitioned** (and static-partitioned) tables: the age is the time since the newest
   commit that changed rows (maintenance and empty commits do not count) — a dead-man's
-  switch: a table nobody refreshed goes ``warn`` then ``error``. A table never built is
-  ``error`` ("never built").
+  switch: a table nobody refreshed goes ``warn`` then ``error``. A table never built is at
+  the worst level its SLA declares ("never built": ``error``, or ``warn`` for a warn-only
+  SLA).
 - **Time-partitioned** tables: each complete partition must be built within the SLA after
-  its interval ended. A partition not built (interval ledger status other than ``built``)
+  its interval ended. A partition never built successfully (no ``built_at`` in the interval
+  ledger; a rebuild that is running or failed keeps the data built before)
   ``warn_after`` / ``error_after`` past its end is late; the result names the late
   partitions and the worst lateness.
 
@@ -15,6 +17,7 @@ log and the interval ledger.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -101,8 +104,9 @@ def evaluate_updates(
 ) -> FreshnessResult:
     """Judge a table by the time its data last changed (None: never built)."""
     base = _base(dataset, sla)
-    if last_update is None:
-        return FreshnessResult(**base, status="error", age_seconds=None, detail="never built")
+    if last_update is None:  # infinitely old: the worst level the SLA declares
+        status = judge(math.inf, sla)
+        return FreshnessResult(**base, status=status, age_seconds=None, detail="never built")
     age = max(0.0, (now - last_update).total_seconds())
     status = judge(age, sla)
     detail = f"last data change {format_age(age)} ago ({last_update:%Y-%m-%d %H:%M} UTC)"
@@ -122,7 +126,8 @@ def evaluate_partitions(
 
     Args:
         partitioning: the dataset's ``Daily``/``Hourly``/``Monthly`` partitioning.
-        statuses: interval ledger status by partition key (absent: never built).
+        statuses: partition key → ``built`` for the partitions whose data is there (built
+            successfully at least once); any other value or absent: not built.
     """
     base = _base(dataset, sla, partitioned=True)
     limit = min(s for s in (sla.warn_seconds, sla.error_seconds) if s is not None)
@@ -182,21 +187,31 @@ def _base(dataset: str, sla: FreshnessSLA, *, partitioned: bool = False) -> dict
 
 def last_data_change(store: DeltaStore, dataset: str) -> datetime | None:
     """When the rows of ``dataset`` last changed: the newest commit that is not
-    maintenance and added or removed files (None: no table). Reads the log's tail first."""
-    from lakeforge.storage.delta import _MAINTENANCE_OPERATIONS
-
+    maintenance and added or removed files (None: no table). Reads the log's tail first:
+    the whole log only when no commit of the tail changed rows."""
     if not store.exists(dataset):
         return None
     table = store.open(dataset)
-    recent = table.history(_RECENT)
-    entries = recent if len(recent) < _RECENT else table.history()
+    entries = table.history(_RECENT)
+    found = _newest_change(entries)
+    if found is None and len(entries) >= _RECENT:
+        entries = table.history()
+        found = _newest_change(entries)
+    if found is not None:
+        return _timestamp(found)
+    # Only empty commits: the table's data dates from its creation.
+    return _timestamp(entries[-1]) if entries else None
+
+
+def _newest_change(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    from lakeforge.storage.delta import _MAINTENANCE_OPERATIONS
+
     for entry in entries:  # newest first
         if entry.get("operation") in _MAINTENANCE_OPERATIONS:
             continue
         if _changes_rows(entry.get("operationMetrics")):
-            return _timestamp(entry)
-    # Only empty commits: the table's data dates from its creation.
-    return _timestamp(entries[-1]) if entries else None
+            return entry
+    return None
 
 
 def _changes_rows(metrics: Any) -> bool:
@@ -269,7 +284,12 @@ def _ledger_statuses(
 
         with MetadataStore(project.metadata_url) as opened:
             entries = IntervalLedger(opened).read(names)
-    return {ds: {k: e.status for k, e in parts.items()} for ds, parts in entries.items()}
+    # A partition built once keeps its data while a rebuild runs or after a rebuild failed
+    # (nothing is committed then): only a partition never built successfully is missing.
+    return {
+        ds: {k: "built" if e.built_at is not None else e.status for k, e in parts.items()}
+        for ds, parts in entries.items()
+    }
 
 
 def format_age(seconds: float) -> str:
