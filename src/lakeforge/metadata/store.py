@@ -18,12 +18,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Connection,
     Engine,
@@ -42,6 +38,10 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from lakeforge.errors import LakeforgeError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 from lakeforge.metadata.models import (
     CHECK_ORIGINS,
     CHECK_STATUSES,
@@ -632,10 +632,36 @@ def _enable_wal(cursor: Any) -> None:
 
 @cache
 def _script_directory() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_alembic_config())
 
 
+@cache
+def _shipped_head() -> str | None:
+    """The newest migration's revision, from the file names (``0006_schedules.py`` → 0006):
+    migrations are numbered in sequence, one head. None when that cannot be told."""
+    names = sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    return names[-1][:4] if names else None
+
+
+def _at_shipped_head(engine: Engine) -> bool:
+    """Whether the store's schema is already at the shipped head — checked with one query,
+    without importing alembic (most commands open a store that is up to date)."""
+    head = _shipped_head()
+    if head is None:
+        return False
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    except DBAPIError:
+        return False  # no version table yet (a new store), or unreadable: alembic decides
+    return list(rows) == [head]
+
+
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     # Config values go through ConfigParser interpolation, which treats % specially.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -643,12 +669,18 @@ def _alembic_config() -> Config:
 
 
 def _current_heads(conn: Connection) -> set[str]:
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
     return set(context.get_current_heads())
 
 
 def _upgrade_schema(engine: Engine, shown_url: str) -> None:
     """Bring the schema to head; cheap when it already is, safe when racing other openers."""
+    if _at_shipped_head(engine):
+        return
+    from alembic import command
+
     scripts = _script_directory()
     heads = set(scripts.get_heads())
     try:
