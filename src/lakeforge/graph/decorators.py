@@ -139,9 +139,7 @@ def stream_table(function: F, /) -> F: ...
 def stream_table(
     function: None = None, /, *, name: str | None = None, **options: Any
 ) -> Callable[[F], F]: ...
-def stream_table(
-    function: F | None = None, /, *, name: str | None = None, **options: Any
-) -> Any:
+def stream_table(function: F | None = None, /, *, name: str | None = None, **options: Any) -> Any:
     """Declare a streaming table: ``@lf.table(mode="streaming", ...)``.
 
     It is built micro-batch by micro-batch from a ``source`` (files, a broker …) or from
