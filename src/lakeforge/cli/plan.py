@@ -22,18 +22,22 @@ def plan(
     """Say what `lakeforge run` would build and why — per partition, with code diffs."""
     from lakeforge.cli.app import settings
     from lakeforge.execution.executor import Runner
+    from lakeforge.execution.planner import cycle_collector_paused
     from lakeforge.observability.plan_display import plan_report, render_plan
     from lakeforge.project.loader import load_project
 
     project = load_project(settings(ctx).project_dir)
     runner = Runner(project)
-    assessments = runner.plan(selection, full_refresh=full_refresh)
-    report = plan_report(assessments, project.graph, runner.ledger.definition)
-    if as_json:
-        print_json(report)
-        return
-    for line in render_plan(report):
-        console.print(line, highlight=False)
+    # The plan holds an object per partition until the report is printed: collecting
+    # cycles meanwhile only re-traverses them (see `cycle_collector_paused`).
+    with cycle_collector_paused():
+        assessments = runner.plan(selection, full_refresh=full_refresh)
+        report = plan_report(assessments, project.graph, runner.ledger.definition)
+        if as_json:
+            print_json(report)
+            return
+        for line in render_plan(report):
+            console.print(line, highlight=False)
 
 
 def status(
@@ -153,9 +157,13 @@ def backfill(
         for name, keys in bplan.targets.items():
             err_console.print(f"{name}: {len(keys)} partition(s) {min(keys)} … {max(keys)}")
     if dry_run:
+        # In the order they would be built: newest first.
+        targets = {k: sorted(v, reverse=True) for k, v in bplan.targets.items()}
         if as_json:
-            print_json({"targets": {k: sorted(v) for k, v in bplan.targets.items()},
-                        "resumed_from": bplan.resumed_from})  # fmt: skip
+            print_json({"targets": targets, "resumed_from": bplan.resumed_from})
+        else:
+            for name, ordered in targets.items():
+                console.print(f"{escape(name)}: {', '.join(ordered)}", highlight=False)
         return
     if not bplan.targets:
         console.print("nothing left to backfill: the interrupted backfill had finished it")

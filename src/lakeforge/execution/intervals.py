@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from lakeforge.storage.delta import DeltaStore
 
 
-@dataclass
+@dataclass(slots=True)
 class PartitionPlan:
     """One partition and why it must be built (no reasons: it is up to date)."""
 
@@ -62,7 +62,7 @@ class PartitionAssessment:
 
     @property
     def stale(self) -> list[PartitionPlan]:
-        return [p for p in self.partitions if p.stale]
+        return [p for p in self.partitions if p.reasons]  # p.stale, without a call each
 
     def summary(self) -> list[str]:
         """Reasons counted over partitions: ``["3 partition(s) missing", …]``."""
@@ -119,8 +119,26 @@ def assess_partitions(
     result = PartitionAssessment(ds.name, plans)
     if not table_exists and ledger.get(ds.name):
         result.notes.append("the table does not exist: every partition is rebuilt")
-    inputs = graph.materialized_inputs(ds.name)
     rebuilding = rebuilding or {}
+    # What does not depend on the partition is looked up once per input, not per partition:
+    # (name, aligned, being rebuilt, the keys rebuilt (None: all), its ledger entries).
+    inputs = [
+        (
+            name,
+            aligned(ds, graph[name]),
+            name in rebuilding,
+            rebuilding.get(name),
+            ledger.get(name, {}),
+        )
+        for name in graph.materialized_inputs(ds.name)
+    ]
+    skips: dict[str, tuple[str, ...] | None] = {}
+
+    def skip(name: str) -> tuple[str, ...] | None:
+        if name not in skips:
+            skips[name] = upstream_skip(ds, additions.get(name))
+        return skips[name]
+
     versions: dict[str, int | None] = {}
     behind_outside_window: dict[str, int] = {}
     for plan in plans:
@@ -153,17 +171,16 @@ def assess_partitions(
             else:
                 reasons.append("code changed")
             continue
-        for name in inputs:
-            up = graph[name]
-            seen = entry.input_versions.get(name)
-            if aligned(ds, up):
-                planned = rebuilding.get(name, set())
-                if name in rebuilding and (planned is None or key in planned):
-                    if upstream_skip(ds, additions.get(name)):
+        seen_versions = entry.input_versions
+        for name, is_aligned, in_rebuilding, planned, theirs_by_key in inputs:
+            seen = seen_versions.get(name)
+            if is_aligned:
+                if in_rebuilding and (planned is None or key in planned):
+                    if skip(name):
                         continue
                     reasons.append(f"upstream changed: {name} partition {key} is being rebuilt")
                     break
-                theirs = ledger.get(name, {}).get(key)
+                theirs = theirs_by_key.get(key)
                 if (
                     theirs is not None
                     and theirs.version is not None
@@ -178,8 +195,8 @@ def assess_partitions(
                     reasons.append(f"upstream changed: {name} partition {key} was rebuilt")
                     break
                 continue
-            if name in rebuilding:
-                if upstream_skip(ds, additions.get(name)):
+            if in_rebuilding:
+                if skip(name):
                     continue
                 if key in window:
                     reasons.append(f"upstream changed: {name} is being rebuilt")

@@ -15,14 +15,15 @@ intervals exist: today's daily partition appears once today is over.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _MACROS = ("start", "end", "partition")
+_KINDS = ("daily", "hourly", "monthly", "static")
 
 
 @dataclass(frozen=True, order=True)
@@ -80,9 +81,11 @@ class _TimePartitions(BaseModel):
     @model_validator(mode="after")
     def _aligned(self) -> _TimePartitions:
         if self.floor(self.start) != self.start:
+            floor = self.floor(self.start)
+            shown = floor.date().isoformat() if floor.time() == dt.time() else floor.isoformat()
             raise ValueError(
                 f"start {self.start.isoformat()} is not on a {self.step_name} boundary "
-                f"(did you mean {self.floor(self.start).isoformat()}?)"
+                f"(did you mean {shown}?)"
             )
         if self.end is not None and self.end <= self.start:
             raise ValueError("end must be after start")
@@ -101,7 +104,7 @@ class _TimePartitions(BaseModel):
 
     def partition_at(self, at: dt.datetime) -> Partition:
         start = self.floor(at)
-        return Partition(start.strftime(self.key_format), start, self.after(start))
+        return Partition(self.key(start), start, self.after(start))
 
     def partitions(
         self, now: dt.datetime, *, start: Any = None, end: Any = None
@@ -116,16 +119,11 @@ class _TimePartitions(BaseModel):
             first = max(first, self.floor(_as_datetime(start)))
         if end is not None:  # inclusive: the partition holding ``end`` is the last
             limit = min(limit, self.after(self.floor(_as_datetime(end))))
-        return list(self._walk(first, limit))
+        return list(_walk(self, first, limit))
 
-    def _walk(self, first: dt.datetime, limit: dt.datetime) -> Iterator[Partition]:
-        at = first
-        while True:
-            following = self.after(at)
-            if following > limit:
-                return
-            yield Partition(at.strftime(self.key_format), at, following)
-            at = following
+    def key(self, at: dt.datetime) -> str:
+        """The key of the partition starting at ``at``."""
+        return at.strftime(self.key_format)
 
     def parse_key(self, key: str) -> Partition:
         """The partition named ``key`` (as shown by ``lakeforge status``)."""
@@ -161,6 +159,9 @@ class Daily(_TimePartitions):
     def after(self, at: dt.datetime) -> dt.datetime:
         return at + dt.timedelta(days=1)
 
+    def key(self, at: dt.datetime) -> str:
+        return at.date().isoformat()  # as key_format, without strftime's cost
+
 
 class Hourly(_TimePartitions):
     """One partition per UTC hour (keys ``2024-01-31T05``); ``@start``/``@end`` are
@@ -177,6 +178,9 @@ class Hourly(_TimePartitions):
     def after(self, at: dt.datetime) -> dt.datetime:
         return at + dt.timedelta(hours=1)
 
+    def key(self, at: dt.datetime) -> str:
+        return at.isoformat(timespec="hours")
+
 
 class Monthly(_TimePartitions):
     """One partition per calendar month (keys ``2024-01``)."""
@@ -190,6 +194,9 @@ class Monthly(_TimePartitions):
 
     def after(self, at: dt.datetime) -> dt.datetime:
         return dt.datetime(at.year + at.month // 12, at.month % 12 + 1, 1)
+
+    def key(self, at: dt.datetime) -> str:
+        return at.date().isoformat()[:7]
 
 
 class Static(BaseModel):
@@ -233,13 +240,17 @@ def partitioning_shorthand(value: Any) -> Any:
     """``{daily: {start: …, column: …}}`` is shorthand for ``{kind: daily, start: …}``."""
     if isinstance(value, dict) and "kind" not in value and len(value) == 1:
         ((kind, body),) = value.items()
-        if kind in ("daily", "hourly", "monthly", "static") and isinstance(body, dict):
+        if kind in _KINDS and isinstance(body, dict):
             return {"kind": kind, **body}
+        if isinstance(body, dict):
+            # Without this, pydantic reports that it cannot find the discriminator.
+            raise ValueError(f"unknown partitions kind {kind!r}: use one of {', '.join(_KINDS)}")
     return value
 
 
 def partition_predicate(spec: Any, partition: Partition) -> str:
-    """The SQL condition selecting a partition's rows (for Delta and for DuckDB)."""
+    """The DuckDB condition selecting a partition's rows (DuckDB compares a ``DATE`` or
+    ``TIMESTAMP`` literal with a column of either type)."""
     from sqlglot import exp
 
     column = exp.column(spec.column, quoted=True)
@@ -248,6 +259,35 @@ def partition_predicate(spec: Any, partition: Partition) -> str:
     literals = partition.macros(spec.time_type)
     col = column.sql("duckdb")
     return f"{col} >= {literals['start']} AND {col} < {literals['end']}"
+
+
+def delta_partition_predicate(spec: Any, partition: Partition, column_type: Any) -> str:
+    """The Delta Lake (DataFusion) condition selecting a partition's rows of a column of
+    Arrow type ``column_type``.
+
+    Delta compares a column only with a literal of the same type: a ``DATE`` literal
+    against a timestamp column, or a ``TIMESTAMP`` literal (nanoseconds, no zone) against
+    a microsecond or zoned one, fails the commit. A date column gets ``DATE`` literals;
+    anything else an ISO string, which is cast to the column's type (``Z``: boundaries
+    are UTC instants for a zoned column).
+    """
+    import pyarrow as pa
+    from sqlglot import exp
+
+    if partition.start is None or partition.end is None:
+        return partition_predicate(spec, partition)
+
+    def literal(at: dt.datetime) -> str:
+        if pa.types.is_date(column_type) and at.time() == dt.time():
+            return f"DATE '{at.date().isoformat()}'"
+        if pa.types.is_timestamp(column_type) and column_type.tz is not None:
+            return f"'{at.isoformat()}Z'"
+        if not pa.types.is_timestamp(column_type) and at.time() == dt.time():
+            return f"'{at.date().isoformat()}'"
+        return f"'{at.isoformat()}'"
+
+    col = exp.column(spec.column, quoted=True).sql("duckdb")
+    return f"{col} >= {literal(partition.start)} AND {col} < {literal(partition.end)}"
 
 
 def expand_macros(sql: str, partition: Partition, time_type: str) -> str:
@@ -277,12 +317,28 @@ def uses_macros(sql: str) -> set[str]:
     """Which of ``@start``/``@end``/``@partition`` a SQL text uses."""
     from sqlglot.tokens import Tokenizer
 
+    if "@" not in sql:
+        return set()
     tokens = Tokenizer().tokenize(sql)
     return {
         name.text.lower()
         for at, name in itertools.pairwise(tokens)
         if at.text == "@" and name.start == at.end + 1 and name.text.lower() in _MACROS
     }
+
+
+@functools.lru_cache(maxsize=256)
+def _walk(spec: _TimePartitions, first: dt.datetime, limit: dt.datetime) -> tuple[Partition, ...]:
+    """The partitions from ``first`` up to ``limit``; shared (they are immutable) by every
+    dataset partitioned the same way, so planning many datasets computes them once."""
+    out: list[Partition] = []
+    at = first
+    while True:
+        following = spec.after(at)
+        if following > limit:
+            return tuple(out)
+        out.append(Partition(spec.key(at), at, following))
+        at = following
 
 
 def _naive(at: dt.datetime) -> dt.datetime:

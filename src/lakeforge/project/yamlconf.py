@@ -12,6 +12,7 @@ from lakeforge.errors import ConfigError, Location
 from lakeforge.graph.spec import STRATEGY_NAMES as _UNION_TAGS
 
 M = TypeVar("M", bound=BaseModel)
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 Path_ = tuple[str | int, ...]
 
 
@@ -38,9 +39,12 @@ def load_yaml(text: str, file: str, line_offset: int = 0) -> tuple[Any, dict[Pat
     Raises:
         ConfigError: the YAML does not parse; names the line and column.
     """
+    # One pass, through libyaml when PyYAML has it (a project loads hundreds of headers):
+    # the node tree gives the lines, the data is constructed from the same tree.
+    loader = _LOADER(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 + line_offset if mark else None
@@ -50,6 +54,8 @@ def load_yaml(text: str, file: str, line_offset: int = 0) -> tuple[Any, dict[Pat
             location=Location(file, line, col),
             hint="check indentation and quoting around this line",
         ) from None
+    finally:
+        loader.dispose()
     lines: dict[Path_, int] = {}
     if node is not None:
         _walk(node, (), lines, line_offset)
