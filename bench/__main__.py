@@ -11,10 +11,31 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import bronze_load, checks, ingest, merge, pipeline, plan
+from bench import (
+    bronze_load,
+    cdc_apply,
+    checks,
+    ingest,
+    merge,
+    nats_ingest,
+    pipeline,
+    plan,
+    windowed,
+)
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (bronze_load, merge, pipeline, checks, ingest, plan)
+    m.NAME: m
+    for m in (
+        bronze_load,
+        merge,
+        cdc_apply,
+        pipeline,
+        checks,
+        ingest,
+        nats_ingest,
+        plan,
+        windowed,
+    )
 }
 TARGET_RATIO = 1.3  # unless a benchmark module sets its own
 

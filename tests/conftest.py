@@ -9,6 +9,7 @@ CI cannot go green by skipping.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -184,3 +185,291 @@ def s3_endpoint() -> Iterator[str]:
     server, url = require_service("moto's S3 server (pip install 'moto[server]')", start)
     yield url
     server.stop()
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the Redis server on 127.0.0.1:6379 (Redis ≥ 5 for streams; 7 for ``lag``)."""
+
+    def probe() -> None:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=3)
+        try:
+            client.ping()
+        finally:
+            client.close()
+
+    require_service(f"Redis at {REDIS_URL}", probe)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_stream(redis_url: str) -> Iterator[Callable[[], str]]:
+    """A factory of unique stream keys (``lf_test:<hex>``); each is deleted after the test,
+    with its consumer groups."""
+    import redis
+
+    created: list[str] = []
+
+    def create() -> str:
+        key = f"lf_test:{uuid.uuid4().hex[:12]}"
+        created.append(key)
+        return key
+
+    yield create
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        if created:
+            client.delete(*created)
+    finally:
+        client.close()
+
+
+MQTT_HOST = "127.0.0.1"
+MQTT_PORT = 1883
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker() -> tuple[str, int]:
+    """(host, port) of the MQTT broker (Mosquitto) on 127.0.0.1:1883, probed with a real
+    MQTT connection (paho-mqtt)."""
+
+    def probe() -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"lf-probe-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        client.connect_timeout = 3
+        accepted = threading.Event()
+        client.on_connect = lambda *args: accepted.set()
+        client.connect(MQTT_HOST, MQTT_PORT)
+        client.loop_start()
+        try:
+            if not accepted.wait(3):
+                raise TimeoutError("no CONNACK within 3 s")
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+    require_service(f"MQTT broker at {MQTT_HOST}:{MQTT_PORT}", probe)
+    return MQTT_HOST, MQTT_PORT
+
+
+@pytest.fixture
+def mqtt_names() -> str:
+    """A unique prefix for the topics and client ids of one test (``lf-test-<hex>``)."""
+    return f"lf-test-{uuid.uuid4().hex[:12]}"
+
+
+class MockKafka:
+    """librdkafka's mock cluster, kept alive by the producer that created it."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        brokers = producer.list_topics(timeout=5).brokers.values()
+        #: the brokers' ``host:port`` list, for clients in this process or in others
+        self.bootstrap = ",".join(f"{b.host}:{b.port}" for b in brokers)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[MockKafka]:
+    """librdkafka's built-in mock Kafka cluster (``test.mock.num.brokers: 3``), which speaks
+    the real protocol, alive for the session in this process. Topics are created on first
+    use with 4 partitions (the mock's default)."""
+
+    def start() -> MockKafka:
+        import confluent_kafka
+
+        conf = {"test.mock.num.brokers": 3, "log_level": 3, "linger.ms": 0}
+        return MockKafka(confluent_kafka.Producer(conf))
+
+    cluster = require_service("librdkafka's mock cluster (pip install confluent-kafka)", start)
+    yield cluster
+    cluster.producer.flush(5)
+
+
+@pytest.fixture
+def kafka_topic() -> Callable[[], str]:
+    """A factory of unique topic names (``lf-test-<hex>``) on the mock cluster."""
+    return lambda: f"lf-test-{uuid.uuid4().hex[:12]}"
+
+
+NATS_URL = "nats://127.0.0.1:4222"
+
+
+class JetStreamAdmin:
+    """A synchronous handle on the NATS server (nats-py is asyncio: it runs in a loop of
+    its own): streams, publishing, consumer info."""
+
+    def __init__(self, url: str) -> None:
+        import asyncio
+
+        import nats
+
+        self.url = url
+        self._loop = asyncio.new_event_loop()
+        # (max_reconnect_attempts=0 would retry the first connect forever)
+        connect = nats.connect(
+            url, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2
+        )
+        self.nc = self.run(asyncio.wait_for(connect, 10))
+        self.js = self.nc.jetstream(timeout=5)
+
+    def run(self, coro: Any) -> Any:
+        return self._loop.run_until_complete(coro)
+
+    def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> int:
+        """Publish one message; returns its stream sequence."""
+        return int(self.run(self.js.publish(subject, data, headers=headers)).seq)
+
+    def consumer_info(self, stream: str, durable: str) -> Any:
+        return self.run(self.js.consumer_info(stream, durable))
+
+    def close(self) -> None:
+        self.run(self.nc.close())
+        self._loop.close()
+
+
+@pytest.fixture(scope="session")
+def nats_jetstream() -> Iterator[JetStreamAdmin]:
+    """The NATS server with JetStream on 127.0.0.1:4222."""
+
+    def probe() -> JetStreamAdmin:
+        admin = JetStreamAdmin(NATS_URL)
+        try:
+            admin.run(admin.js.account_info())
+        except Exception:
+            admin.close()
+            raise
+        return admin
+
+    admin = require_service(f"NATS JetStream at {NATS_URL}", probe)
+    yield admin
+    admin.close()
+
+
+@pytest.fixture
+def nats_stream(nats_jetstream: JetStreamAdmin) -> Iterator[Callable[[], str]]:
+    """A factory of uniquely named JetStream streams (``LF_TEST_<HEX>``, subjects
+    ``<name>.>``); each is deleted after the test."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"LF_TEST_{uuid.uuid4().hex[:12].upper()}"
+        nats_jetstream.run(nats_jetstream.js.add_stream(name=name, subjects=[f"{name}.>"]))
+        created.append(name)
+        return name
+
+    yield create
+    for name in created:
+        nats_jetstream.run(nats_jetstream.js.delete_stream(name))
+
+
+# -- PostgreSQL with wal_level=logical (CDC) -------------------------------------------------
+
+PG_BIN_ENV = "LAKEFORGE_PG_BIN"
+PG_BIN_DEFAULT = "/usr/lib/postgresql/15/bin"
+
+
+class LogicalPostgres:
+    """A PostgreSQL cluster of the test session's own, with ``wal_level=logical``.
+
+    The shared server on 5432 runs ``wal_level=replica`` and other tests use it, so it is not
+    restarted: this cluster is ``initdb``-ed into a temporary folder (as the ``postgres`` OS
+    user when the tests run as root), listens on a free port of 127.0.0.1 with trust auth,
+    and is stopped at the end of the session.
+    """
+
+    def __init__(self, root: Any, port: int) -> None:
+        self.root = root
+        self.host = "127.0.0.1"
+        self.port = port
+        self.user = "postgres"
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{dbname}"
+
+    def connect(self, dbname: str = "postgres") -> Any:
+        import psycopg2
+
+        conn = psycopg2.connect(
+            host=self.host, port=self.port, user=self.user, dbname=dbname, connect_timeout=5
+        )
+        conn.autocommit = True
+        return conn
+
+    def create_database(self) -> str:
+        """A new empty database; its name."""
+        name = f"lf_cdc_{uuid.uuid4().hex[:12]}"
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        return name
+
+
+def _as_postgres_user() -> list[str]:
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+@pytest.fixture(scope="session")
+def postgres_logical() -> Iterator[LogicalPostgres]:
+    """A PostgreSQL cluster with ``wal_level=logical`` for this session (or xdist worker)."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    bindir = Path(os.environ.get(PG_BIN_ENV, PG_BIN_DEFAULT))
+    as_postgres = _as_postgres_user()
+
+    def start() -> LogicalPostgres:
+        for tool in ("initdb", "pg_ctl"):
+            if not (bindir / tool).exists():
+                raise FileNotFoundError(f"{bindir / tool} (set {PG_BIN_ENV})")
+        root = Path(tempfile.mkdtemp(prefix="lf-pg-logical-"))
+        if as_postgres:
+            shutil.chown(root, user="postgres")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        run = {"check": True, "capture_output": True, "text": True, "timeout": 120}
+        subprocess.run(
+            [*as_postgres, str(bindir / "initdb"), "-D", str(root / "data"), "-U", "postgres",
+             "-A", "trust", "-E", "UTF8", "--no-locale"],
+            **run,
+        )  # fmt: skip
+        settings = (
+            f"-c wal_level=logical -c port={port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={root} -c max_replication_slots=10 "
+            "-c max_wal_senders=10 -c fsync=off -c full_page_writes=off"
+        )
+        subprocess.run(
+            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l",
+             str(root / "server.log"), "-w", "-t", "60", "-o", settings, "start"],
+            **run,
+        )  # fmt: skip
+        cluster = LogicalPostgres(root, port)
+        cluster.connect().close()
+        return cluster
+
+    cluster = require_service("a PostgreSQL cluster with wal_level=logical (initdb, pg_ctl)", start)
+    yield cluster
+    subprocess.run(
+        [*as_postgres, str(bindir / "pg_ctl"), "-D", str(cluster.root / "data"), "-m", "immediate",
+         "-w", "stop"],
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    shutil.rmtree(cluster.root, ignore_errors=True)

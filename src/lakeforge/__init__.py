@@ -14,9 +14,21 @@ if TYPE_CHECKING:
     from lakeforge.errors import TransientError
     from lakeforge.graph.decorators import stream_table, table, view
     from lakeforge.graph.partitions import Daily, Hourly, Monthly, Static
-    from lakeforge.graph.spec import SCD2, Append, ColumnSpec, Merge, Overwrite, ReplacePartitions
+    from lakeforge.graph.spec import (
+        CDC,
+        SCD2,
+        Append,
+        ColumnSpec,
+        Merge,
+        Overwrite,
+        ReplacePartitions,
+    )
     from lakeforge.scheduling.sensors import RunRequest, SensorContext, sensor
     from lakeforge.sources.files import FilesConfig as files
+    from lakeforge.sources.kafka import KafkaConfig as kafka
+    from lakeforge.sources.mqtt import MqttConfig as mqtt
+    from lakeforge.sources.nats import NatsConfig as nats
+    from lakeforge.sources.redis_streams import RedisStreamsConfig as redis_streams
     from lakeforge.sources.rest import RestConfig as rest
     from lakeforge.sources.sql_db import SqlConfig as database
 
@@ -27,6 +39,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "table": ("lakeforge.graph.decorators", "table"),
     "view": ("lakeforge.graph.decorators", "view"),
     "stream_table": ("lakeforge.graph.decorators", "stream_table"),
+    "CDC": ("lakeforge.graph.spec", "CDC"),
     "SCD2": ("lakeforge.graph.spec", "SCD2"),
     "Append": ("lakeforge.graph.spec", "Append"),
     "ColumnSpec": ("lakeforge.graph.spec", "ColumnSpec"),
@@ -41,12 +54,17 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "files": ("lakeforge.sources.files", "FilesConfig"),
     "database": ("lakeforge.sources.sql_db", "SqlConfig"),
     "rest": ("lakeforge.sources.rest", "RestConfig"),
+    "redis_streams": ("lakeforge.sources.redis_streams", "RedisStreamsConfig"),
+    "mqtt": ("lakeforge.sources.mqtt", "MqttConfig"),
+    "kafka": ("lakeforge.sources.kafka", "KafkaConfig"),
+    "nats": ("lakeforge.sources.nats", "NatsConfig"),
     "sensor": ("lakeforge.scheduling.sensors", "sensor"),
     "RunRequest": ("lakeforge.scheduling.sensors", "RunRequest"),
     "SensorContext": ("lakeforge.scheduling.sensors", "SensorContext"),
 }
 
 __all__ = [
+    "CDC",
     "SCD2",
     "Append",
     "ColumnSpec",
@@ -63,6 +81,10 @@ __all__ = [
     "__version__",
     "database",
     "files",
+    "kafka",
+    "mqtt",
+    "nats",
+    "redis_streams",
     "rest",
     "sensor",
     "stream_table",

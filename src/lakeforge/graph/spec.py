@@ -39,8 +39,20 @@ from lakeforge.scheduling.spec import (
     cron_trigger_shorthand,
 )
 from lakeforge.sources.files import FilesConfig
+from lakeforge.sources.kafka import KafkaConfig
+from lakeforge.sources.mqtt import MqttConfig
+from lakeforge.sources.nats import NatsConfig
+from lakeforge.sources.redis_streams import RedisStreamsConfig
 from lakeforge.sources.rest import RestConfig
 from lakeforge.sources.sql_db import SqlConfig
+from lakeforge.streaming.spec import (
+    Dedup,
+    Lateness,
+    OutputMode,
+    Window,
+    check_event_time,
+    default_write,
+)
 
 Layer = Literal["bronze", "silver", "gold"]
 SchemaEvolution = Literal["add_columns", "fail", "rescue"]
@@ -151,12 +163,87 @@ class SCD2(_Strict):
     close_missing: bool = False
 
 
+class CDC(_Strict):
+    """Apply a change feed (AUTO CDC): inserts, updates, deletes and truncates of a source
+    table, ordered by a sequence column, kept as current rows (``scd_type=1``) or as versions
+    (``scd_type=2``). Out-of-order and duplicated changes are resolved by ``sequence_by``.
+
+    Args:
+        keys: columns identifying a row of the source table.
+        sequence_by: orders the changes (an LSN, a commit timestamp); never NULL. An older
+            change never overwrites a newer one; replaying changes changes nothing.
+        op_column: the column holding the operation; None: no such column (every record is
+            an upsert unless ``delete_when`` / ``truncate_when`` say otherwise).
+        delete_when: SQL condition marking a delete (default ``op IN ('d', 'D')``).
+        truncate_when: SQL condition marking a truncate of the whole table (default
+            ``op IN ('t', 'T')``); its keys may be NULL.
+        scd_type: 1 keeps the newest row per key; 2 keeps a version per change.
+        track_columns: (SCD2) columns whose change opens a new version (default: all but the
+            keys and ``sequence_by``); other changes update the current version in place.
+        ignore_null_updates: a NULL in a change keeps the value the row already has (for feeds
+            that send only the changed columns).
+        except_columns: feed columns not written to the table (default: ``op_column``).
+        valid_from / valid_to / is_current: (SCD2) names of the bookkeeping columns.
+        tombstone_retention: how long a delete is remembered to void older changes that arrive
+            later (``7d``); default: until the key is written again or the table truncated.
+    """
+
+    strategy: Literal["cdc"] = "cdc"
+    keys: list[str] = Field(min_length=1)
+    sequence_by: str
+    op_column: str | None = "op"
+    delete_when: str | None = None
+    truncate_when: str | None = None
+    scd_type: Literal[1, 2] = 1
+    track_columns: list[str] | None = None
+    ignore_null_updates: bool = False
+    except_columns: list[str] | None = None
+    valid_from: str = "valid_from"
+    valid_to: str = "valid_to"
+    is_current: str = "is_current"
+    tombstone_retention: Duration | None = None
+
+    @field_validator("keys", "track_columns", "except_columns", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CDC:
+        if self.scd_type == 1:
+            scd2_only = {"track_columns", "valid_from", "valid_to", "is_current"}
+            given = sorted(scd2_only & self.model_fields_set)
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to scd_type: 2 (history), not 1")
+        kept = {*self.keys, self.sequence_by}
+        dropped = sorted(kept & set(self.except_columns or []))
+        if dropped:
+            raise ValueError(
+                f"except_columns cannot drop {', '.join(dropped)}: keys and sequence_by stay in "
+                "the table (later changes are matched and ordered against them)"
+            )
+        if self.scd_type == 2:
+            names = [self.valid_from, self.valid_to, self.is_current]
+            if len(set(names)) != 3:
+                raise ValueError("valid_from, valid_to and is_current must be distinct names")
+        return self
+
+
 WriteStrategy = Annotated[
-    Append | Overwrite | ReplacePartitions | Merge | SCD2, Field(discriminator="strategy")
+    Append | Overwrite | ReplacePartitions | Merge | SCD2 | CDC, Field(discriminator="strategy")
 ]
 
 
-SourceConfig = Annotated[FilesConfig | SqlConfig | RestConfig, Field(discriminator="kind")]
+SourceConfig = Annotated[
+    FilesConfig
+    | SqlConfig
+    | RestConfig
+    | RedisStreamsConfig
+    | MqttConfig
+    | KafkaConfig
+    | NatsConfig,
+    Field(discriminator="kind"),
+]
 
 
 class ColumnSpec(_Strict):
@@ -198,6 +285,14 @@ class DatasetConfig(_Strict):
     mode: Literal["batch", "streaming"] = "batch"
     trigger: Trigger = "10s"
     stream_from: StreamFrom | None = None
+    # Event time of a streaming table (streaming/spec.py): fingerprinted, as they decide
+    # which rows are written — except idle_timeout, a matter of processing time.
+    event_time: str | None = None
+    allowed_lateness: Lateness = 0
+    window: Window | None = None
+    output_mode: OutputMode = "append"
+    dedup: Dedup | None = None
+    idle_timeout: Duration | None = None
     # When to run it (scheduling/): not fingerprinted either.
     schedule: CronTrigger | None = None
     on_upstream_change: bool = False
@@ -251,8 +346,9 @@ class DatasetConfig(_Strict):
     def _append_from_sources(cls, data: Any) -> Any:
         # A source (or a stream) yields batches of new records: appending them is the natural
         # default.
+        # In output_mode: update, windows are upserted: a merge on by + the window.
         if isinstance(data, dict) and data.get("mode") == "streaming" and "write" not in data:
-            data = {**data, "write": {"strategy": "append"}}
+            data = {**data, "write": default_write(data)}
         if not isinstance(data, dict) or data.get("source") is None:
             return data
         source = data["source"]
@@ -317,6 +413,7 @@ class DatasetConfig(_Strict):
                 )
         elif self.stream_from is not None:
             raise ValueError("stream_from applies to mode: streaming")
+        check_event_time(self)
         if self.kind == "view" and (self.expect or self.checks):
             raise ValueError("a view is not materialized: put expect/checks on a table")
         if isinstance(self.write, SCD2) and any(c.scope == "table" for c in self.checks):
@@ -378,5 +475,6 @@ class Dataset:
 
 
 STRATEGY_NAMES = frozenset(
-    m.model_fields["strategy"].default for m in (Append, Overwrite, ReplacePartitions, Merge, SCD2)
+    m.model_fields["strategy"].default
+    for m in (Append, Overwrite, ReplacePartitions, Merge, SCD2, CDC)
 )

@@ -227,7 +227,12 @@ def _register_table_scope(
     if target_version is not None:
         register_table(con, CURRENT_RELATION, store.read(ds.name, target_version))
         current = CURRENT_RELATION
-    sql = table_after_write_sql(ds, PLAIN_BATCH_RELATION, current, replaces)
+    cdc = None
+    if ds.config.write.strategy == "cdc":  # the change feed applies with its tombstones
+        from lakeforge.storage.cdc_apply import cdc_scope
+
+        cdc = cdc_scope(con, store, ds, PLAIN_BATCH_RELATION, current)
+    sql = table_after_write_sql(ds, PLAIN_BATCH_RELATION, current, replaces, cdc)
     con.sql(f"CREATE TEMP VIEW {ident(TABLE_RELATION)} AS {sql}")
 
 

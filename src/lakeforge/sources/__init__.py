@@ -27,8 +27,20 @@ def source_of(ds: Dataset, project_root: Path, store: DeltaStore | None = None) 
         settings = ds.config.stream_from or StreamFrom()
         return DeltaFeedSource(ds.name, project_root, stream_input(ds), store, settings)
     from lakeforge.sources.files import FilesSource
+    from lakeforge.sources.kafka import KafkaSource
+    from lakeforge.sources.mqtt import MqttSource
+    from lakeforge.sources.nats import NatsSource
+    from lakeforge.sources.redis_streams import RedisStreamsSource
     from lakeforge.sources.rest import RestSource
     from lakeforge.sources.sql_db import SqlSource
 
-    kinds: dict[str, Any] = {"files": FilesSource, "sql": SqlSource, "rest": RestSource}
+    kinds: dict[str, Any] = {
+        "files": FilesSource,
+        "sql": SqlSource,
+        "rest": RestSource,
+        "redis_streams": RedisStreamsSource,
+        "mqtt": MqttSource,
+        "kafka": KafkaSource,
+        "nats": NatsSource,
+    }
     return kinds[config.kind](ds.name, project_root, config)

@@ -18,13 +18,16 @@ from sqlglot import exp
 
 from lakeforge.engines.duckdb import register_table
 from lakeforge.errors import ConfigError, DataError, SchemaError
-from lakeforge.graph.spec import SCD2, Dataset, Merge, ReplacePartitions
+from lakeforge.graph.partitions import delta_partition_predicate
+from lakeforge.graph.spec import CDC, SCD2, Dataset, Merge, ReplacePartitions
 from lakeforge.storage.delta import CommitInfo, DeltaStore, translate_commit_errors
 from lakeforge.storage.schema import align, normalize_for_delta
 
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
+
+    from lakeforge.storage.cdc_apply import CdcScope
 
 _DELETE_FLAG = "__lf_delete"
 _MERGE_KEY = "__lf_mk_"
@@ -78,6 +81,10 @@ def write_dataset(
         return _merge(store, ds, strategy, data, info, target_version)
     if isinstance(strategy, SCD2):
         return _scd2(store, ds, strategy, data, info, target_version, now)
+    if isinstance(strategy, CDC):
+        from lakeforge.storage.cdc_apply import apply_changes
+
+        return apply_changes(store, ds, strategy, data, info, target_version, now)
     return _file_write(store, ds, data, info, target_version)
 
 
@@ -127,6 +134,9 @@ def write_partition(
         data, _target_schema(store, ds, target_version), ds.config.schema_evolution, ds.name
     )
     exists = store.exists(ds.name)
+    replaced = delta_partition_predicate(
+        parts, parts.parse_key(partition_key), aligned.data.schema.field(parts.column).type
+    )
     version = store.write(
         ds.name,
         aligned.data,
@@ -134,7 +144,7 @@ def write_partition(
         mode="overwrite",
         partition_by=ds.config.partition_by,
         schema_mode=aligned.schema_mode if exists and target_version is not None else None,
-        predicate=predicate if exists else None,
+        predicate=replaced if exists else None,
     )
     return WriteResult(
         version=version,
@@ -257,6 +267,15 @@ def dlq_table(dataset: str) -> str:
     return dataset + DLQ_SUFFIX
 
 
+LATE_SUFFIX = "__late"
+
+
+def late_table(dataset: str) -> str:
+    """The table holding the events that reached streaming table ``dataset`` too late for
+    its watermark (``streaming/operator.py``)."""
+    return dataset + LATE_SUFFIX
+
+
 def write_side_table(
     store: DeltaStore,
     name: str,
@@ -336,16 +355,28 @@ def clear_side_batch(store: DeltaStore, name: str, info: CommitInfo) -> int | No
 
 
 def table_after_write_sql(
-    ds: Dataset, batch: str, current: str | None, replaces: str | None = None
+    ds: Dataset,
+    batch: str,
+    current: str | None,
+    replaces: str | None = None,
+    cdc: CdcScope | None = None,
 ) -> str:
     """A DuckDB query for the table as it will be once ``batch`` is written to ``current``.
 
     Used to check ``scope: table`` rules before the commit. ``current`` is None when the
     write replaces the table from scratch. Follows each strategy's semantics: append adds,
     replace_partitions swaps the batch's partitions, merge applies the newest record per
-    key unless the table holds a newer one (``sequence_by``) and honours ``delete_when``.
+    key unless the table holds a newer one (``sequence_by``) and honours ``delete_when``;
+    cdc (SCD1) applies the change feed, given ``cdc`` (:func:`~lakeforge.storage.cdc_apply.
+    cdc_scope`).
     """
     strategy = ds.config.write
+    if isinstance(strategy, CDC):
+        from lakeforge.storage.cdc_apply import table_after_cdc_sql
+
+        if cdc is None:
+            raise TypeError("table_after_write_sql needs cdc= (cdc_scope) for a cdc write")
+        return table_after_cdc_sql(ds, strategy, batch, current, cdc)
     if replaces is not None and current is not None:  # a partition build
         return (
             f"SELECT * FROM {current} WHERE NOT coalesce(({replaces}), false) "
