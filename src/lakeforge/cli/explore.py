@@ -28,10 +28,10 @@ def _open(ctx: typer.Context) -> tuple[Project, DeltaStore]:
 def _lookup(project: Project, name: str) -> Dataset | None:
     """The dataset called ``name``; None for the quarantine or dead-letter table of a dataset
     (stored, but not part of the graph). Unknown names fail with a did-you-mean hint."""
-    from lakeforge.storage.write import DLQ_SUFFIX, QUARANTINE_SUFFIX
+    from lakeforge.storage.write import DLQ_SUFFIX, LATE_SUFFIX, QUARANTINE_SUFFIX
 
     if name not in project.graph:
-        for suffix in (QUARANTINE_SUFFIX, DLQ_SUFFIX):
+        for suffix in (QUARANTINE_SUFFIX, DLQ_SUFFIX, LATE_SUFFIX):
             base = name.removesuffix(suffix)
             if base != name and base in project.graph:
                 return None
@@ -48,7 +48,7 @@ def ls(
 
     from lakeforge.execution.planner import plan
     from lakeforge.graph.selection import select
-    from lakeforge.storage.write import dlq_table, quarantine_table
+    from lakeforge.storage.write import dlq_table, late_table, quarantine_table
 
     project, store = _open(ctx)
     names = select(project.graph, selection)
@@ -78,6 +78,7 @@ def ls(
         for side, kind, what in (
             (quarantine_table(name), "quarantine", "rows set aside by its expectations"),
             (dlq_table(name), "dlq", "records its source could not read"),
+            (late_table(name), "late", "events that came after its watermark"),
         ):
             if ds.is_view or not store.exists(side):
                 continue

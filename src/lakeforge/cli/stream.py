@@ -121,6 +121,15 @@ class _Display:
             parts.append(f"input {last['input_rate']:,.0f} rows/s")
         if lag is not None:
             parts.append(f"lag {lag}")
+        if last.get("watermark") is not None:
+            parts.append(f"watermark {last['watermark']}")
+        for key, word in (("rows_late", "late"), ("rows_deduplicated", "deduplicated")):
+            if last.get(key):
+                parts.append(f"{last[key]:,} {word}")
+        if last.get("state_rows") is not None:
+            parts.append(f"state {last['state_rows']:,} rows")
+        if last.get("latency") is not None:
+            parts.append(f"latency {last['latency']:,.1f}s")
         err_console.print(f"[green]✓[/] {escape(flow.dataset)}: " + ", ".join(parts))
 
 

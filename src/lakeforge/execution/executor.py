@@ -42,6 +42,7 @@ from lakeforge.storage.write import (
     clear_quarantine_batch,
     clear_side_batch,
     dlq_table,
+    late_table,
     write_dataset,
     write_quarantine,
     write_side_table,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from lakeforge.engines.base import Engine
     from lakeforge.metadata.store import MetadataStore
     from lakeforge.project.loader import Project
+    from lakeforge.streaming.operator import EventTimeOperator, Step
 
 _LOG_STATUS = {"up_to_date": "skipped", "upstream_failed": "skipped"}
 CONFLICT_RETRIES = 3
@@ -282,7 +284,7 @@ class Runner:
         else:
             assessment = assess(
                 ds, self.graph, self.store, self.project.root, full_refresh=full_refresh,
-                impact=ColumnImpact(self.store, self.ledger.definition),
+                impact=ColumnImpact(self.store, self.ledger.definition), now=self.clock(),
             )  # fmt: skip
         if name in opts.replay:
             assessment.stale, assessment.reasons = True, [opts.replay[name].reason]
@@ -463,13 +465,20 @@ class Runner:
         full_refresh: bool,
         source_state: dict[str, Any] | None = None,
         rejected: Any = None,
-    ) -> None:
-        """Dead letters and quarantine (if any), then the dataset: the batch's one commit."""
+        stream: EventTimeOperator | None = None,
+        late: Any = None,
+    ) -> CommitInfo:
+        """Dead letters, late events and quarantine (if any), then the dataset: the batch's
+        one commit. An event-time ``stream`` writes its state snapshot first, named in the
+        commit's source state."""
+        batch = self.store.committed_batch(ds.name) + 1
+        if stream is not None and source_state is not None:
+            source_state = stream.state_to_commit(batch, source_state)
         info = CommitInfo(
             run_id=run_id,
             dataset=ds.name,
             fingerprint=assessment.fingerprint,
-            batch=self.store.committed_batch(ds.name) + 1,
+            batch=batch,
             input_versions=result.input_versions,
             external_state=assessment.external_state,
             full_refresh=full_refresh,
@@ -496,6 +505,15 @@ class Runner:
             cleared = clear_side_batch(self.store, dlq_table(ds.name), info)
             if cleared is not None:
                 result.metrics["dlq_version"] = cleared
+        if late is not None and late.num_rows:
+            result.metrics["late_version"] = write_side_table(
+                self.store, late_table(ds.name), late, info, datetime.now(UTC),
+                at_column="_lf_late_at",
+            )  # fmt: skip
+        elif stream is not None:
+            cleared = clear_side_batch(self.store, late_table(ds.name), info)
+            if cleared is not None:
+                result.metrics["late_version"] = cleared
         written = write_dataset(
             self.store, ds, outcome.published, info, target_version=target_version, now=run_started
         )
@@ -514,6 +532,7 @@ class Runner:
             ("rescued_columns", written.rescued_columns),
         ):
             result.metrics[key] = sorted({*result.metrics.get(key, []), *cols})
+        return info
 
     def _ingest(
         self,
@@ -534,18 +553,27 @@ class Runner:
         import pyarrow.dataset as pads
 
         from lakeforge.storage.delta import PinnedTable
+        from lakeforge.streaming.operator import EventTimeOperator
 
+        # Event time (a streaming table's windows, late data, dedup): its state is recovered
+        # from the newest commit too, and advances with each batch's commit.
+        stream = EventTimeOperator.of(ds, self.store)
         if full_refresh:
             position = source.fresh()
         else:
             committed = self.store.commit_infos(ds.name)
             position = source.recover(i.source_state for i in committed if i.source_state)
+            if stream is not None:
+                committed = self.store.commit_infos(ds.name)
+                stream.recover(i.source_state for i in committed if i.source_state)
         # A source may compare with what it ingested (a SQL reconcile): the table as the task
         # found it, pinned now; none on --full-refresh, which rebuilds it from scratch.
         found = None if full_refresh else self.store.version(ds.name)
         source.target = lambda: None if found is None else self.store.read(ds.name, found)
         # Totals of the batches committed; kept when a later batch fails or is blocked.
         totals: dict[str, Any] = {"source": {"batches": 0, "units": 0}}
+        if stream is not None:
+            totals.update(rows_late=0, rows_deduplicated=0, rows_events=0, windows=0)
         result.rows_in = 0
         try:
             for batches, batch in enumerate(source.batches(position), start=1):
@@ -554,8 +582,14 @@ class Runner:
                 # Records read = records typed + dead letters (DESIGN §2.4's identity).
                 dead = 0 if batch.rejected is None else batch.rejected.num_rows
                 result.rows_in += batch.data.num_rows + dead
+                rejected, step = batch.rejected, None
                 if batch.transformed:  # rows of the table itself (a reconcile's tombstones)
                     data = batch.data
+                elif stream is not None:  # late split, dedup, windows, before the transform
+                    step = stream.before(batch.data, self.clock())
+                    rejected = _with_dead_letters(batch.rejected, step.rejected)
+                    data = self._stream_transform(ds, inputs, views, context, source, step)
+                    stream.check_output(data)
                 else:
                     pinned = PinnedTable(SOURCE_INPUT, -1, [pads.dataset(batch.data)])
                     batch_inputs = {**inputs, source.input_name: pinned}
@@ -570,11 +604,19 @@ class Runner:
                 outcome = self._audit(run_id, ds, data, target, result, gate, unpublished)
                 for key in ("rows_candidate", "rows_published", "rows_quarantined", "rows_dropped"):
                     totals[key] = totals.get(key, 0) + int(result.metrics[key])
-                totals["rows_dlq"] = totals.get("rows_dlq", 0) + dead
-                self._commit(
+                totals["rows_dlq"] = totals.get("rows_dlq", 0) + (
+                    0 if rejected is None else rejected.num_rows
+                )
+                if step is not None:
+                    _add_step(totals, step)
+                info = self._commit(
                     run_id, run_started, ds, assessment, result, outcome, target, full_refresh,
-                    source_state=batch.state, rejected=batch.rejected,
+                    source_state=batch.state, rejected=rejected,
+                    stream=stream if step is not None else None,
+                    late=None if step is None else step.late,
                 )  # fmt: skip
+                if step is not None and stream is not None:
+                    stream.committed(info.batch)
                 source.committed(batch.state)  # acknowledge only what the table holds
                 # This batch is published: its results are final whatever later batches do.
                 at = datetime.now(UTC)
@@ -589,12 +631,76 @@ class Runner:
                 if stop is not None and stop():
                     result.reason += " (stopped after this batch; the rest is read next time)"
                     break
+            if stream is not None and not totals["source"]["batches"] and not full_refresh:
+                self._idle_batch(run_id, run_started, ds, assessment, result, gate, source,
+                                 inputs, views, context, stream, totals)  # fmt: skip
         finally:
             result.metrics.update(totals)
+            if stream is not None:
+                result.metrics["stream"] = stream.metrics()
+                stream.close()
         result.metrics["checks"] = dict(Counter(c.status for c in result.checks))
         result.metrics["source"]["changed_files"] = source.changed(position)
-        if totals["source"]["batches"] == 0:
+        result.metrics["source"].update(source.metrics())  # e.g. a broker's lag, a slot's
+        if totals["source"]["batches"] == 0 and not totals.get("idle_batches"):
             result.reason += " (nothing new to read)"
+
+    def _stream_transform(
+        self,
+        ds: Any,
+        inputs: dict[str, Any],
+        views: list[Any],
+        context: TransformContext,
+        source: Source,
+        step: Step,
+    ) -> Any:
+        """The transform over an event-time step's input (windowed events), read under the
+        source's input name."""
+        import pyarrow.dataset as pads
+
+        from lakeforge.storage.delta import PinnedTable
+
+        pinned = PinnedTable(SOURCE_INPUT, -1, [pads.dataset(step.events)])
+        return self.engine.transform(ds, {**inputs, source.input_name: pinned}, views, context)
+
+    def _idle_batch(
+        self,
+        run_id: str,
+        run_started: datetime,
+        ds: Any,
+        assessment: Assessment,
+        result: TaskResult,
+        gate: bool,
+        source: Source,
+        inputs: dict[str, Any],
+        views: list[Any],
+        context: TransformContext,
+        stream: EventTimeOperator,
+        totals: dict[str, Any],
+    ) -> None:
+        """Nothing new to read, but the stream has been idle for its ``idle_timeout``:
+        processing time advances the watermark and closes windows, in a commit of its own
+        (no source position; its source state holds only the stream's)."""
+        from lakeforge.streaming.operator import IDLE_KIND
+
+        step = stream.idle_step(self.clock())
+        if step is None:
+            return
+        data = self._stream_transform(ds, inputs, views, context, source, step)
+        stream.check_output(data)
+        target = self.store.version(ds.name)
+        unpublished = "the idle batch was not published"
+        outcome = self._audit(run_id, ds, data, target, result, gate, unpublished)
+        for key in ("rows_candidate", "rows_published", "rows_quarantined", "rows_dropped"):
+            totals[key] = totals.get(key, 0) + int(result.metrics[key])
+        _add_step(totals, step)
+        info = self._commit(
+            run_id, run_started, ds, assessment, result, outcome, target, False,
+            source_state={"kind": IDLE_KIND}, stream=stream,
+        )  # fmt: skip
+        stream.committed(info.batch)
+        totals["idle_batches"] = totals.get("idle_batches", 0) + 1
+        result.reason += " (idle: processing time closed windows)"
 
     def _audit(
         self,
@@ -692,6 +798,29 @@ class Runner:
                 attempts=r.attempts,
             )
         )
+
+
+def _with_dead_letters(rejected: Any, more: Any) -> Any:
+    """The source's dead letters and the event-time ones of the same batch, together."""
+    if more is None or not more.num_rows:
+        return rejected
+    if rejected is None or not rejected.num_rows:
+        return more
+    import pyarrow as pa
+
+    return pa.concat_tables([rejected, more.cast(rejected.schema)])
+
+
+def _add_step(totals: dict[str, Any], step: Step) -> None:
+    """Add an event-time step's counts to the task's totals (rows in = published +
+    quarantined + dropped + dead letters + late + deduplicated, at the event level)."""
+    for key, value in (
+        ("rows_late", step.rows_late),
+        ("rows_deduplicated", step.rows_deduplicated),
+        ("rows_events", step.rows_events),
+        ("windows", step.windows),
+    ):
+        totals[key] = totals.get(key, 0) + value
 
 
 def _waits_for(pending: dict[str, set[str]], start: str, target: str) -> bool:

@@ -8,10 +8,12 @@ compaction or vacuum of an upstream table does not make its consumers stale.
 
 from __future__ import annotations
 
+import gc
 import glob
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,6 +156,12 @@ def assess(
             # Planning must not fail on an unreachable source: say so; the build then
             # reports (and retries) the error precisely.
             pending = f"source not reachable: {str(exc).split(': ', 1)[-1]}"
+        if not pending and ds.config.idle_timeout is not None:
+            # An event-time stream gone quiet: processing time closes its last windows.
+            from lakeforge.streaming.operator import idle_reason
+
+            states = (i.source_state for i in store.commit_infos(ds.name) if i.source_state)
+            pending = idle_reason(ds, states, now or datetime.now(UTC))
         if pending:
             reasons.append(pending)
     else:
@@ -213,31 +221,49 @@ def plan(
         ledger: the interval ledger (partitioned datasets; read once for all of them).
         backfill: partition keys to rebuild per dataset, whatever their state.
     """
-    rebuilding: dict[str, set[str] | None] = {}
-    out: list[Assessment] = []
-    ordered = graph.ordered(names)
-    entries = read_ledger(graph, ordered, ledger)
-    at = now or datetime.now(UTC)
-    data_version = _data_version_reader(store)
-    if impact is None:
-        impact = ColumnImpact(store, ledger.definition if ledger is not None else None)
-    additions: dict[str, tuple[str, ...]] = {}
-    for name in ordered:
-        ds = graph[name]
-        a = assess(
-            ds, graph, store, root, full_refresh=full_refresh, upstream_rebuilding=rebuilding,
-            ledger=entries, now=at, data_version=data_version,
-            only_partitions=(backfill or {}).get(name), impact=impact, additions=additions,
-        )  # fmt: skip
-        if a.stale:
-            rebuilding[name] = (
-                {p.key for p in a.partitions.stale} if a.partitions is not None else None
-            )
-            added = _only_additions(a)
-            if added:
-                additions[name] = added
-        out.append(a)
-    return out
+    with cycle_collector_paused():
+        rebuilding: dict[str, set[str] | None] = {}
+        out: list[Assessment] = []
+        ordered = graph.ordered(names)
+        entries = read_ledger(graph, ordered, ledger)
+        at = now or datetime.now(UTC)
+        data_version = _data_version_reader(store)
+        if impact is None:
+            impact = ColumnImpact(store, ledger.definition if ledger is not None else None)
+        additions: dict[str, tuple[str, ...]] = {}
+        for name in ordered:
+            ds = graph[name]
+            a = assess(
+                ds, graph, store, root, full_refresh=full_refresh,
+                upstream_rebuilding=rebuilding, ledger=entries, now=at,
+                data_version=data_version, only_partitions=(backfill or {}).get(name),
+                impact=impact, additions=additions,
+            )  # fmt: skip
+            if a.stale:
+                rebuilding[name] = (
+                    {p.key for p in a.partitions.stale} if a.partitions is not None else None
+                )
+                added = _only_additions(a)
+                if added:
+                    additions[name] = added
+            out.append(a)
+        return out
+
+
+@contextmanager
+def cycle_collector_paused() -> Iterator[None]:
+    """Planning makes a few objects per partition (ledger entries, plans: 500 datasets ×
+    365 days is over a million), none in a reference cycle, all alive until the plan is
+    done. CPython's cycle collector traverses them again each time they move up a
+    generation, which took as long as the planning itself; reference counting frees them
+    either way, so the collector is paused meanwhile (not resumed if it was off)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _only_additions(a: Assessment) -> tuple[str, ...] | None:

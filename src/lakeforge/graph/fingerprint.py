@@ -3,7 +3,8 @@
 The fingerprint covers the normalized definition (SQL normalized by sqlglot, so whitespace
 and comments do not count; Python function source), the configuration that affects the
 rows written (write strategy, partitioning, schema policy, declared column types,
-expectations that drop or quarantine rows), and the definitions of the views it reads
+expectations that drop or quarantine rows; a streaming table's event time, lateness,
+window, output mode and dedup), and the definitions of the views it reads
 through. Descriptions, owners, tags and retries do not.
 """
 
@@ -34,6 +35,13 @@ def definition_payload(ds: Dataset) -> dict[str, object]:
     }
     if row_filters:  # absent when empty: fingerprints of datasets without them are unchanged
         config["row_filters"] = row_filters
+    if ds.config.event_time is not None:
+        # Which events are late, deduplicated, and which windows they fall in shape the rows;
+        # absent without event time, so other datasets' fingerprints are unchanged.
+        config["event_time"] = ds.config.model_dump(
+            mode="json",
+            include={"event_time", "allowed_lateness", "window", "output_mode", "dedup"},
+        )
     if ds.config.partitions is not None:
         # What a partition holds; its start or lookback do not change built partitions.
         config["partitions"] = {

@@ -153,6 +153,10 @@ def task_checks(task: TaskResult) -> str:
         held.append(f"{task.metrics['rows_dropped']:,} dropped")
     if task.metrics.get("rows_dlq"):
         held.append(f"{task.metrics['rows_dlq']:,} dead letters")
+    if task.metrics.get("rows_late"):
+        held.append(f"{task.metrics['rows_late']:,} late")
+    if task.metrics.get("rows_deduplicated"):
+        held.append(f"{task.metrics['rows_deduplicated']:,} deduplicated")
     if held:
         parts.append(f"[dim]({', '.join(held)})[/]")
     return " ".join(parts)

@@ -53,7 +53,9 @@ class FlowProgress:
         last: the last micro-batch's figures (``rows_in``, ``rows_out``, ``seconds``,
             ``input_rate`` (records/s since the micro-batch before), ``processing_rate``
             (records/s of processing), ``lag`` (the source's, when it reports one),
-            ``run_id``, ``status``, ``at``).
+            ``run_id``, ``status``, ``at``; with ``event_time`` also ``watermark``,
+            ``state_rows``, ``rows_late``, ``rows_deduplicated`` and ``latency`` (seconds from
+            the newest event time of the last batch to its commit)).
         failures: consecutive failed micro-batches (0 after a success).
         error: the last failure's message, until a micro-batch succeeds.
         done: an ``available_now`` flow that has made its pass.
@@ -201,6 +203,15 @@ class StreamLoop:
             "input_rate": round(rows_in / window, 1) if window else None,
             "lag": source.get("lag"),
         }
+        stream = task.metrics.get("stream")
+        if isinstance(stream, dict):
+            flow.last.update(
+                watermark=stream.get("watermark"),
+                state_rows=stream.get("state_rows"),
+                rows_late=int(task.metrics.get("rows_late", 0) or 0),
+                rows_deduplicated=int(task.metrics.get("rows_deduplicated", 0) or 0),
+                latency=_latency(stream.get("batch_max_event_time"), task.finished_at),
+            )
         if task.status == "failed":
             flow.failures += 1
             flow.error = str(task.error) if task.error is not None else "failed"
@@ -213,3 +224,13 @@ class StreamLoop:
             flow.rows_out += rows_out
         if self.on_batch is not None:
             self.on_batch(flow, task, result)
+
+
+def _latency(event_time: str | None, committed_at: datetime) -> float | None:
+    """Seconds from an event time (ISO 8601) to the commit that published it."""
+    if event_time is None:
+        return None
+    newest = datetime.fromisoformat(event_time)
+    if newest.tzinfo is None:
+        newest = newest.replace(tzinfo=UTC)
+    return round((committed_at - newest).total_seconds(), 3)
