@@ -146,3 +146,13 @@ def test_configuration_errors_are_clear(tmp_path: Path) -> None:
     wrong = decoder(tmp_path, format="protobuf", schema_file="reading.proto", message="iot.Nope")
     with pytest.raises(ConfigError, match=r"it has: iot\.Reading"):
         wrong.decode([b"\x00"], "o", [1])
+
+
+def test_keys_that_only_later_messages_have_are_kept(tmp_path: Path) -> None:
+    payloads = [b'{"id": 1}', b'{"id": 2, "late": "x"}', b'{"id": 3, "n": null}']
+    table, rejects = decoder(tmp_path).decode(payloads, "o", [1, 2, 3])
+    assert rejects is None
+    assert table.column("late").to_pylist() == [None, "x", None]
+    # A field null in every message is text, not Arrow's unstorable null type.
+    assert str(table.schema.field("n").type) == "string"
+    assert table.column("n").to_pylist() == [None, None, None]

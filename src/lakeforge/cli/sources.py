@@ -59,6 +59,8 @@ def sources(
         notes = f"[yellow]{len(changed)} changed file(s) not re-read[/]" if changed else ""
         if r.get("reconciled_at"):
             notes = f"reconciled {r['reconciled_at'][:19]}, {r['deleted_keys']:,} deleted key(s)"
+        if r.get("error"):  # a broker that could not be asked: pending is unknown
+            notes = f"[red]{escape(str(r['error']))}[/]"
         table.add_row(
             r["dataset"],
             r["kind"],

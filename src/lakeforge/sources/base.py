@@ -117,3 +117,8 @@ class Source(ABC):
         commit and this call only means the system sends the batch again, which the table's
         batch number then skips. Default: nothing to acknowledge."""
         return None
+
+    def metrics(self) -> dict[str, Any]:
+        """Figures of the last :meth:`batches` run for the task's metrics (under
+        ``metrics.source``), e.g. a replication slot's lag. Default: none."""
+        return {}

@@ -236,16 +236,43 @@ class PayloadDecoder:
 
         if not records:
             return pa.table({})
+        # Every key of every record: from_pylist alone takes the first record's keys only,
+        # which would drop a field that only later messages carry.
+        names = list(dict.fromkeys(k for r in records for k in r))
         try:
-            return pa.Table.from_pylist(records)
+            table = pa.Table.from_pylist(records, schema=_inferred_schema(records, names))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             if fmt != "json":
                 raise
-        return _widened(records)
+            table = _widened(records)
+        return _typed_nulls(table)
 
 
 class _Undecodable(Exception):
     """A payload that cannot be decoded: it becomes a dead letter."""
+
+
+def _inferred_schema(records: list[Any], names: list[str]) -> Any:
+    """The Arrow schema of ``records`` over every key in ``names`` (types inferred per
+    column over all its values; raises like ``from_pylist`` on a type clash)."""
+    import pyarrow as pa
+
+    fields = []
+    for name in names:
+        values = [r.get(name) for r in records]
+        fields.append(pa.field(name, pa.array(values).type))
+    return pa.schema(fields)
+
+
+def _typed_nulls(table: Any) -> Any:
+    """A column null in every message has Arrow's null type, which a table cannot store:
+    it becomes text (a later batch with values widens it as the schema policy allows)."""
+    import pyarrow as pa
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_null(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.string()))
+    return table
 
 
 def _int64(values: Any) -> Any:
