@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lakeforge.engines.base import TransformContext
+from lakeforge.engines.connection import connect
 from lakeforge.errors import LakeforgeError, Location, SQLError, TransformError, TransientError
 
 if TYPE_CHECKING:
@@ -38,12 +39,11 @@ class DuckDBEngine:
         self.threads = threads
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        import duckdb
 
         config: dict[str, Any] = {"file_search_path": str(self.project_root)}
         if self.threads:
             config["threads"] = self.threads
-        return duckdb.connect(config=config)
+        return connect(**config)
 
     def transform(
         self,

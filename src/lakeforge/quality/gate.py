@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import sqlglot
 from sqlglot import exp
 
+from lakeforge.engines.connection import connect
 from lakeforge.errors import ConfigError, DatasetNotFound
 from lakeforge.quality.checks import (
     ROW_COLUMN,
@@ -123,10 +124,9 @@ def audit(
     targets = [CheckTarget(c) for c in ds.config.checks] + list(extra_checks or [])
     if not ds.config.expect and not targets and contract_types is None:
         return AuditOutcome(candidate.num_rows, candidate, None, 0)
-    import duckdb
 
     # Checks run in-process on the Arrow candidate, whatever engine produced it.
-    con = duckdb.connect(config={"threads": threads} if threads else {})
+    con = connect(threads=threads)
     try:
         split = apply_expectations(con, ds, candidate, sample_size=sample_size, pii_columns=pii)
         outcome = AuditOutcome(

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lakeforge.engines.connection import connect
 from lakeforge.errors import ConfigError, SourceError
 from lakeforge.sources.base import Source, SourceBatch, SourceStatus
 from lakeforge.storage import objectstore
@@ -370,7 +371,7 @@ class FilesSource(Source):
         readable = [f for f in group if f.size > 0]  # an empty file holds no records
         # Objects are read from their copies, named by their URIs.
         names = {f.full: f.path for f in readable} if self.store is not None else None
-        con = duckdb.connect()
+        con = connect()
         try:
             if not readable:
                 return self._empty(), None

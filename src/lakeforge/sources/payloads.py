@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from lakeforge.engines.connection import connect
 from lakeforge.errors import ConfigError
 from lakeforge.extras import require
 
@@ -284,7 +285,6 @@ def _int64(values: Any) -> Any:
 def _widened(records: list[Any]) -> pa.Table:
     """Records whose field types disagree: read by DuckDB over every record, which widens a
     column to a type that holds all its values (to text as the last resort)."""
-    import duckdb
     import orjson
 
     handle, temp = tempfile.mkstemp(suffix=".ndjson")
@@ -292,7 +292,7 @@ def _widened(records: list[Any]) -> pa.Table:
         with os.fdopen(handle, "wb") as out:
             for record in records:
                 out.write(orjson.dumps(record) + b"\n")
-        con = duckdb.connect()
+        con = connect()
         try:
             return con.execute(
                 "SELECT * FROM read_json(?, format := 'newline_delimited', sample_size := -1)",

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lakeforge.engines.connection import connect
 from lakeforge.errors import ConfigError
 from lakeforge.sources.base import Source, SourceBatch, SourceStatus
 from lakeforge.sources.files import FilesSource
@@ -123,7 +124,7 @@ class DeadLetterReplay(Source):
         """(records that now read, per letter: did it read) for one file's dead letters."""
         import duckdb
 
-        con = duckdb.connect()
+        con = connect()
         # The file as it is now (an object is fetched): where whole files are read again,
         # CSV rows find their header, and records their row numbers.
         try:

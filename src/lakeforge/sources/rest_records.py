@@ -20,6 +20,8 @@ import hashlib
 import json
 from typing import Any
 
+from lakeforge.engines.connection import connect
+
 MISSING = object()
 _FOUND = 80  # characters of a value shown in an error
 _REASON = 160  # characters of DuckDB's reason shown in an error
@@ -90,7 +92,7 @@ def read_records(
     import duckdb
     import pyarrow as pa
 
-    con = duckdb.connect()
+    con = connect()
     try:
         good = kept
         try:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from lakeforge.engines.connection import connect
 from lakeforge.errors import SourceError
 
 if TYPE_CHECKING:
@@ -106,11 +107,10 @@ def gone_rows(
     Rows with a NULL key are never matched, so never reported. A key whose last-known row is
     already flagged deleted is left alone; source keys are cast to the table's key types.
     """
-    import duckdb
 
     from lakeforge.engines.duckdb import register_table
 
-    con = duckdb.connect()
+    con = connect()
     try:
         register_table(con, "lf_target", target)
         types = {name: typ for name, typ, *_ in con.execute("DESCRIBE lf_target").fetchall()}

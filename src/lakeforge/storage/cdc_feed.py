@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import sqlglot
 from sqlglot import exp
 
+from lakeforge.engines import connection
 from lakeforge.engines.duckdb import fetch_arrow
 from lakeforge.errors import ConfigError, DataError, SchemaError
 from lakeforge.graph.spec import CDC, Dataset
@@ -122,9 +123,8 @@ def _condition(
 
 
 def connect(data: pa.Table) -> duckdb.DuckDBPyConnection:
-    import duckdb
 
-    con = duckdb.connect(config={"threads": 2})
+    con = connection.connect(threads=2)
     # Tombstone keys are the key as JSON text: timestamps must render the same on every machine.
     con.execute("SET TimeZone = 'UTC'")
     con.register("batch", data)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import sqlglot
 from sqlglot import exp
 
+from lakeforge.engines.connection import connect
 from lakeforge.engines.duckdb import register_table
 from lakeforge.errors import ConfigError, DataError, SchemaError
 from lakeforge.graph.partitions import delta_partition_predicate
@@ -427,9 +428,8 @@ def table_after_write_sql(
 
 
 def _duckdb(data: pa.Table) -> duckdb.DuckDBPyConnection:
-    import duckdb
 
-    con = duckdb.connect(config={"threads": 2})
+    con = connect(threads=2)
     con.register("batch", data)
     return con
 

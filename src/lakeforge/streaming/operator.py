@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from lakeforge.engines.connection import connect
 from lakeforge.errors import ConfigError
 from lakeforge.storage.write import q
 from lakeforge.streaming.spec import WINDOW_END, WINDOW_START, micros
@@ -228,9 +229,7 @@ class EventTimeOperator:
         # One connection for all the batches of a build: opening one (and loading the time
         # zone support) costs more than a small batch's work.
         if self._con is None:
-            import duckdb
-
-            self._con = duckdb.connect()
+            self._con = connect()
             self._con.sql("SET TimeZone = 'UTC'")
         return self._con
 

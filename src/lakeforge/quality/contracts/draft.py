@@ -8,6 +8,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from lakeforge.engines.connection import connect
 from lakeforge.quality.contracts.column_types import logical_type_of, type_family
 from lakeforge.quality.contracts.model import API_VERSION
 
@@ -26,12 +27,11 @@ def profile_table(pinned_table: PinnedTable) -> dict[str, Any]:
         ``{"version": v, "rows": n, "columns": {name: {"type", "nulls", "distinct"}}}``;
         ``distinct`` is None for STRUCT/MAP/LIST columns.
     """
-    import duckdb
     from sqlglot import exp
 
     from lakeforge.engines.duckdb import register_table
 
-    con = duckdb.connect()
+    con = connect()
     try:
         register_table(con, "profiled", pinned_table)
         probe = con.sql("SELECT * FROM profiled LIMIT 0")
@@ -65,9 +65,8 @@ def profile_table(pinned_table: PinnedTable) -> dict[str, Any]:
 
 def arrow_duckdb_types(arrow_schema: pa.Schema) -> dict[str, str]:
     """Column → DuckDB type name, as DuckDB reads an Arrow schema."""
-    import duckdb
 
-    con = duckdb.connect()
+    con = connect()
     try:
         rel = con.from_arrow(arrow_schema.empty_table())
         return {name: str(t) for name, t in zip(rel.columns, rel.types, strict=True)}
