@@ -14,6 +14,7 @@ from typing import Any
 from bench import (
     bronze_load,
     cdc_apply,
+    cdc_source,
     checks,
     ingest,
     merge,
@@ -29,6 +30,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         bronze_load,
         merge,
         cdc_apply,
+        cdc_source,
         pipeline,
         checks,
         ingest,

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from lakeforge.sources.kafka import KafkaConfig as kafka
     from lakeforge.sources.mqtt import MqttConfig as mqtt
     from lakeforge.sources.nats import NatsConfig as nats
+    from lakeforge.sources.postgres_cdc_config import PostgresCdcConfig as postgres_cdc
     from lakeforge.sources.redis_streams import RedisStreamsConfig as redis_streams
     from lakeforge.sources.rest import RestConfig as rest
     from lakeforge.sources.sql_db import SqlConfig as database
@@ -58,6 +59,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "mqtt": ("lakeforge.sources.mqtt", "MqttConfig"),
     "kafka": ("lakeforge.sources.kafka", "KafkaConfig"),
     "nats": ("lakeforge.sources.nats", "NatsConfig"),
+    "postgres_cdc": ("lakeforge.sources.postgres_cdc_config", "PostgresCdcConfig"),
     "sensor": ("lakeforge.scheduling.sensors", "sensor"),
     "RunRequest": ("lakeforge.scheduling.sensors", "RunRequest"),
     "SensorContext": ("lakeforge.scheduling.sensors", "SensorContext"),
@@ -84,6 +86,7 @@ __all__ = [
     "kafka",
     "mqtt",
     "nats",
+    "postgres_cdc",
     "redis_streams",
     "rest",
     "sensor",

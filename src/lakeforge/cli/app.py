@@ -71,6 +71,7 @@ def _register() -> None:
     # The one place commands are registered.
     from lakeforge.cli import (
         alerts,
+        cdc,
         checks,
         contract,
         dlq,
@@ -87,7 +88,7 @@ def _register() -> None:
     )
 
     modules = (init, run, plan, queue, explore, sources, dlq, checks, contract, maintenance)
-    for module in (*modules, stream, schedule, freshness, alerts):
+    for module in (*modules, stream, schedule, freshness, alerts, cdc):
         module.register(app)
 
 

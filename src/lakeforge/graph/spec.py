@@ -42,6 +42,7 @@ from lakeforge.sources.files import FilesConfig
 from lakeforge.sources.kafka import KafkaConfig
 from lakeforge.sources.mqtt import MqttConfig
 from lakeforge.sources.nats import NatsConfig
+from lakeforge.sources.postgres_cdc_config import PostgresCdcConfig
 from lakeforge.sources.redis_streams import RedisStreamsConfig
 from lakeforge.sources.rest import RestConfig
 from lakeforge.sources.sql_db import SqlConfig
@@ -241,7 +242,8 @@ SourceConfig = Annotated[
     | RedisStreamsConfig
     | MqttConfig
     | KafkaConfig
-    | NatsConfig,
+    | NatsConfig
+    | PostgresCdcConfig,
     Field(discriminator="kind"),
 ]
 

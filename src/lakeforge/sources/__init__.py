@@ -30,6 +30,7 @@ def source_of(ds: Dataset, project_root: Path, store: DeltaStore | None = None) 
     from lakeforge.sources.kafka import KafkaSource
     from lakeforge.sources.mqtt import MqttSource
     from lakeforge.sources.nats import NatsSource
+    from lakeforge.sources.postgres_cdc import PostgresCdcSource
     from lakeforge.sources.redis_streams import RedisStreamsSource
     from lakeforge.sources.rest import RestSource
     from lakeforge.sources.sql_db import SqlSource
@@ -42,5 +43,6 @@ def source_of(ds: Dataset, project_root: Path, store: DeltaStore | None = None) 
         "mqtt": MqttSource,
         "kafka": KafkaSource,
         "nats": NatsSource,
+        "postgres_cdc": PostgresCdcSource,
     }
     return kinds[config.kind](ds.name, project_root, config)
