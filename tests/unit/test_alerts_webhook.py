@@ -673,3 +673,65 @@ def test_notify_run_never_raises(tmp_path: Path, receiver: Receiver) -> None:
         metadata.close()
     assert summary is not None and "lf_alerts" in summary["error"]
     assert receiver.requests == []
+
+
+# -- stream lag ---------------------------------------------------------------------------
+
+
+def test_stream_lag_fires_escalates_and_resolves(tmp_path: Path, receiver: Receiver) -> None:
+    from lakeforge.execution.executor import Runner
+    from lakeforge.metadata.store import MetadataStore
+    from lakeforge.project.loader import load_project
+    from lakeforge.scheduling.alerts import notify_run
+
+    root = make_project(
+        tmp_path,
+        [WEBHOOK],
+        {
+            "events": """
+                /* lakeforge
+                source: {path: "landing/*.ndjson"}
+                lag_alert: {warn_after: 1000, error_after: 100000}
+                */
+                SELECT * FROM source
+                """
+        },
+    )
+    write(root, "landing/a.ndjson", '{"id": 1}\n')
+    project = load_project(root)
+    result = Runner(project).run()
+    assert result.ok and receiver.accepted() == []  # a file source reports no lag
+
+    def report(lag: int) -> list[dict[str, Any]]:
+        # The figures a broker source leaves in the task's metrics (metrics.source.lag_total).
+        result.tasks[0].metrics["source"]["lag_total"] = lag
+        with MetadataStore(project.metadata_url) as metadata:
+            notify_run(project, metadata, result, sleep=lambda s: None)
+        return [m["lakeforge"] for m in receiver.accepted()]
+
+    assert report(500) == []  # within the limits: nothing to say
+    sent = report(5_000)
+    assert [(m["event"], m["severity"], m["status"]) for m in sent] == [
+        ("stream_lag", "warn", "firing")
+    ]
+    assert sent[0]["details"]["lag"] == 5_000 and sent[0]["details"]["unit"] == "messages"
+    assert "5,000 messages behind" in receiver.accepted()[0]["text"]
+    assert len(report(6_000)) == 1  # still warn: deduplicated
+    assert report(200_000)[-1]["severity"] == "error"  # escalated
+    resolved = report(0)[-1]
+    assert (resolved["event"], resolved["status"]) == ("stream_lag", "resolved")
+    assert len(receiver.accepted()) == 3
+
+
+def test_lag_alert_needs_a_source_and_ordered_limits(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from lakeforge.graph.spec import DatasetConfig
+
+    with pytest.raises(ValidationError, match="lag_alert applies to a table with a source"):
+        DatasetConfig(lag_alert={"warn_after": 10})  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="must be less than error_after"):
+        DatasetConfig(
+            source={"path": "x/*.csv"},  # type: ignore[arg-type]
+            lag_alert={"warn_after": 10, "error_after": 5},  # type: ignore[arg-type]
+        )

@@ -36,6 +36,7 @@ from lakeforge.scheduling.spec import (
     CronTrigger,
     Duration,
     FreshnessSLA,
+    LagSLA,
     cron_trigger_shorthand,
 )
 from lakeforge.sources.files import FilesConfig
@@ -283,6 +284,7 @@ class DatasetConfig(_Strict):
     source: SourceConfig | None = None
     partitions: Partitioning | None = None
     freshness: FreshnessSLA | None = None  # not fingerprinted: it does not shape the data
+    lag_alert: LagSLA | None = None  # nor this: how far behind its source it may fall
     # Streaming (streaming/): micro-batches as data arrives; not fingerprinted.
     mode: Literal["batch", "streaming"] = "batch"
     trigger: Trigger = "10s"
@@ -400,6 +402,8 @@ class DatasetConfig(_Strict):
             )
         if self.kind == "view" and self.freshness is not None:
             raise ValueError("a view is computed when read: put freshness on a table")
+        if self.lag_alert is not None and self.source is None:
+            raise ValueError("lag_alert applies to a table with a source (its lag behind it)")
         if self.mode == "streaming":
             if self.kind == "view":
                 raise ValueError("a view is computed when read: it cannot stream (use a table)")

@@ -8,7 +8,9 @@ Events:
   resolved when that check passes (or only warns) again.
 - ``freshness`` — a dataset breached its freshness SLA (``warn`` / ``error``); resolved when
   ``lakeforge freshness --alert`` finds it fresh again.
-- ``stream_lag`` — reserved (accepted in ``events:``; nothing emits it yet).
+- ``stream_lag`` — a table with ``lag_alert`` read its source and is further behind it
+  than ``warn_after`` / ``error_after`` (messages, or WAL bytes for Postgres CDC); resolved
+  by a run that finds it within the limits.
 
 :func:`notify_run` is the one call the executor makes at the end of a run (only when
 ``alerts:`` is configured); it never raises. State and dedup: ``alert_book.py``; messages
@@ -81,7 +83,8 @@ def notify_run(
     if not project.config.alerts or result.dry_run:
         return None
     try:
-        deliveries = evaluate(project, metadata, run_observations(result), now=now, sleep=sleep)
+        observed = run_observations(result) + lag_observations(project, result)
+        deliveries = evaluate(project, metadata, observed, now=now, sleep=sleep)
         summary: dict[str, Any] = summarize(deliveries)
     except Exception as exc:  # alerting must never fail the run it reports on
         summary = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
@@ -125,6 +128,49 @@ def run_observations(result: RunResult) -> list[Observation]:
                     message=f"{task.dataset} {done}",  # the message adds "(run …)"
                 )
             )
+    return out
+
+
+def source_lag(metrics: dict[str, Any]) -> tuple[int, str] | None:
+    """A source's lag after a task, in its own unit, from ``metrics.source``: messages not
+    yet read (``lag_total``, or an integer ``lag``), or bytes of WAL (``lag_bytes_end``)."""
+    source = metrics.get("source") or {}
+    if isinstance(source.get("lag_total"), int):
+        return int(source["lag_total"]), "messages"
+    if isinstance(source.get("lag"), int) and not isinstance(source.get("lag"), bool):
+        return int(source["lag"]), "messages"
+    if isinstance(source.get("lag_bytes_end"), int):
+        return int(source["lag_bytes_end"]), "bytes"
+    return None
+
+
+def lag_observations(project: Project, result: RunResult) -> list[Observation]:
+    """``stream_lag`` of each dataset with a ``lag_alert`` whose task read its source."""
+    out: list[Observation] = []
+    for task in result.tasks:
+        if task.status != "success" or task.dataset not in project.graph:
+            continue
+        sla = project.graph[task.dataset].config.lag_alert
+        measured = source_lag(task.metrics) if sla is not None else None
+        if sla is None or measured is None:
+            continue
+        lag, unit = measured
+        severity = sla.judge(lag)
+        details = {"lag": lag, "unit": unit, "warn_after": sla.warn_after}
+        details["error_after"] = sla.error_after
+        out.append(
+            Observation(
+                "stream_lag",
+                task.dataset,
+                firing=severity is not None,
+                severity=severity or "error",
+                run_id=result.run_id,
+                message=f"{task.dataset} is {lag:,} {unit} behind its source"
+                if severity is not None
+                else f"{task.dataset} caught up ({lag:,} {unit} behind)",
+                details=details,
+            )
+        )
     return out
 
 

@@ -109,6 +109,40 @@ class FreshnessSLA(_Strict):
         return ", ".join(parts)
 
 
+class LagSLA(_Strict):
+    """How far behind its source a dataset may fall: ``lag_alert: {warn_after: 10000,
+    error_after: 1000000}``, in the source's own unit — messages not yet read (Kafka, NATS,
+    Redis Streams) or bytes of WAL not yet confirmed (Postgres CDC). Judged after each run
+    or micro-batch that reads the source (event ``stream_lag``). Not fingerprinted.
+    """
+
+    warn_after: Annotated[int, Field(ge=0)] | None = None
+    error_after: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _limits(self) -> LagSLA:
+        if self.warn_after is None and self.error_after is None:
+            raise ValueError("lag_alert needs warn_after, error_after or both (e.g. 10000)")
+        if (
+            self.warn_after is not None
+            and self.error_after is not None
+            and self.warn_after >= self.error_after
+        ):
+            raise ValueError(
+                f"lag_alert warn_after ({self.warn_after}) must be less than error_after "
+                f"({self.error_after})"
+            )
+        return self
+
+    def judge(self, lag: int) -> str | None:
+        """``error``, ``warn`` or None (within the limits)."""
+        if self.error_after is not None and lag > self.error_after:
+            return "error"
+        if self.warn_after is not None and lag > self.warn_after:
+            return "warn"
+        return None
+
+
 class _Channel(_Strict):
     """Fields every alert channel has.
 
