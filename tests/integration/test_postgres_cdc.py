@@ -336,13 +336,13 @@ SILVER = {
         FROM raw WHERE "table" = 'public.orders'
     """,
     # docs' body may come unchanged (TOAST, REPLICA IDENTITY DEFAULT): NULL + _unchanged_cols.
-    # The CDC apply's ignore_null_updates keeps the row's value for a NULL; docs never set a
-    # column to NULL (NOT NULL), so that is exact here.
+    # The CDC apply reads _unchanged_cols (its unchanged_column) and keeps the row's body.
     "silver_docs": """
         /* lakeforge
-        write: {strategy: cdc, keys: [doc_id], sequence_by: seq, ignore_null_updates: true}
+        write: {strategy: cdc, keys: [doc_id], sequence_by: seq}
         */
-        SELECT op, seq, doc_id, title, body FROM raw WHERE "table" = 'public.docs'
+        SELECT op, seq, doc_id, title, body, _unchanged_cols
+        FROM raw WHERE "table" = 'public.docs'
     """,
 }
 

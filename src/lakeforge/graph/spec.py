@@ -184,6 +184,10 @@ class CDC(_Strict):
             keys and ``sequence_by``); other changes update the current version in place.
         ignore_null_updates: a NULL in a change keeps the value the row already has (for feeds
             that send only the changed columns).
+        unchanged_column: a list column of the feed naming, per change, the columns whose
+            value it did not carry (Postgres CDC's ``_unchanged_cols``: TOAST values left
+            unchanged): they keep the row's value; a genuine NULL still sets NULL. Used when
+            the feed has it; never written to the table.
         except_columns: feed columns not written to the table (default: ``op_column``).
         valid_from / valid_to / is_current: (SCD2) names of the bookkeeping columns.
         tombstone_retention: how long a delete is remembered to void older changes that arrive
@@ -199,6 +203,7 @@ class CDC(_Strict):
     scd_type: Literal[1, 2] = 1
     track_columns: list[str] | None = None
     ignore_null_updates: bool = False
+    unchanged_column: str | None = "_unchanged_cols"
     except_columns: list[str] | None = None
     valid_from: str = "valid_from"
     valid_to: str = "valid_to"

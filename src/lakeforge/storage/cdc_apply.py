@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from lakeforge.engines import connection
 from lakeforge.engines.duckdb import fetch_arrow, register_table
 from lakeforge.errors import ConfigError
 from lakeforge.graph.spec import CDC, RESCUE_COLUMN, Dataset
@@ -88,6 +89,7 @@ def apply_changes(
 ) -> WriteResult:
     """Apply a batch of change records to ``ds`` (one commit; see the module docstring)."""
     data = normalize_for_delta(data, ds.name)
+    data = _fill_unchanged(store, ds, c, data, target_version)
     feed = resolve_feed(ds, c, data.column_names)
     con = connect(data)
     try:
@@ -116,6 +118,47 @@ def apply_changes(
     if superseded.num_rows and not fresh:
         forget_tombstones(store, ds, info, superseded)
     return result
+
+
+def _fill_unchanged(
+    store: DeltaStore, ds: Dataset, c: CDC, data: pa.Table, target_version: int | None
+) -> pa.Table:
+    """Changes that did not carry some values (``unchanged_column`` lists them, e.g. TOAST
+    values a Postgres update left alone) take them from the key's row in the table (SCD2:
+    its current version); the list column is dropped."""
+    column = c.unchanged_column
+    if column is None or column not in data.column_names:
+        return data
+    listed = data.column(column)
+    data = data.drop_columns([column])
+    if target_version is None or not any(v for v in listed.to_pylist() if v):
+        return data
+    schema = store.schema(ds.name, target_version)
+    names = set(schema.names) if schema is not None else set()
+    fillable = [n for n in data.column_names if n in names and n not in c.keys]
+    if not fillable:
+        return data
+    con = connection.connect(threads=2)
+    try:
+        con.register("__lf_changes", data.append_column(column, listed))
+        register_table(con, "__lf_rows", store.read(ds.name, target_version))
+        rows = "__lf_rows"
+        if c.scd_type == 2 and c.is_current in names:
+            rows = f"(SELECT * FROM __lf_rows WHERE {q(c.is_current)})"
+        filled = ", ".join(
+            f"CASE WHEN list_contains(u.{q(column)}, '{n.replace(chr(39), chr(39) * 2)}') "
+            f"THEN t.{q(n)} ELSE u.{q(n)} END AS {q(n)}"
+            for n in fillable
+        )
+        on = " AND ".join(f"u.{q(k)} IS NOT DISTINCT FROM t.{q(k)}" for k in c.keys)
+        sql = (
+            f"SELECT u.* EXCLUDE ({', '.join(q(n) for n in [*fillable, column])}), {filled} "
+            f"FROM __lf_changes AS u LEFT JOIN {rows} AS t ON {on}"
+        )
+        out = fetch_arrow(con, sql)
+    finally:
+        con.close()
+    return out.select(data.column_names).cast(data.schema)
 
 
 # ---------------------------------------------------------------------------------------------

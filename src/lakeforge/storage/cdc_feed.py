@@ -56,6 +56,8 @@ def resolve_feed(ds: Dataset, c: CDC, names: list[str]) -> Feed:
         dropped = set(c.except_columns)
     else:
         dropped = {c.op_column} if c.op_column is not None else set()
+    if c.unchanged_column is not None:
+        dropped.add(c.unchanged_column)  # read by apply_changes, never written
     columns = [n for n in names if n not in dropped]
     if c.scd_type == 2:
         clash = [b for b in (c.valid_from, c.valid_to, c.is_current) if b in columns]
