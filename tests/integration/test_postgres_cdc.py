@@ -516,6 +516,46 @@ def test_without_snapshot_only_later_changes_are_read(db: Db, tmp_path: Path) ->
     assert [(r["op"], r["doc_id"]) for r in feed(root)] == [("c", 2)]
 
 
+def test_a_streaming_table_reads_the_slot_micro_batch_by_micro_batch(
+    db: Db, tmp_path: Path
+) -> None:
+    """`lakeforge stream` runs the source as catch-up micro-batches on its trigger, and a
+    silver cdc table downstream follows it."""
+    from lakeforge.streaming.loop import StreamLoop
+
+    db.execute(
+        "CREATE TABLE docs (doc_id int PRIMARY KEY, title text NOT NULL, body text NOT NULL)"
+    )
+    db.execute("INSERT INTO docs VALUES (1, 'first', 'b')")
+    root = tmp_path / "p"
+    write_project(root, db.url, "tables: [docs]\n")
+    raw = root / "models" / "raw.sql"
+    raw.write_text(raw.read_text().replace("/* lakeforge\n", "/* lakeforge\nmode: streaming\n"))
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    loop = StreamLoop(Runner(load_project(root)), clock=clock)
+    assert list(loop.flows) == ["raw"]
+    assert loop.tick() is not None  # the snapshot
+    assert [(r["op"], r["doc_id"]) for r in feed(root)] == [("r", 1)]
+    db.execute("INSERT INTO docs VALUES (2, 'second', 'b')")
+    db.execute("UPDATE docs SET title = 'renamed' WHERE doc_id = 1")
+    clock.now += 10  # the default trigger: 10 s
+    result = loop.tick()
+    assert result is not None and result.ok
+    ops = [(r["op"], r["doc_id"]) for r in sorted(feed(root), key=lambda r: r["seq"])]
+    assert ops == [("r", 1), ("c", 2), ("u", 1)]
+    clock.now += 10
+    assert loop.tick() is None  # nothing new in the slot: no micro-batch
+    flow = loop.flows["raw"]
+    assert flow.micro_batches == 2 and flow.rows_in == 3
+
+
 # -- setup errors ------------------------------------------------------------------------------
 
 
