@@ -211,3 +211,45 @@ def test_sigterm_stops_a_running_stream_gracefully(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     totals = json.loads(out.strip().splitlines()[-1])
     assert totals["flows"][0]["rows_in"] == 2
+
+
+def test_small_files_are_compacted_in_the_background_without_changing_data(
+    tmp_path: Path,
+) -> None:
+    root = make_project(tmp_path, trigger="available_now", per_batch=1)
+    header = (root / "models" / "events.sql").read_text()
+    (root / "models" / "events.sql").write_text(
+        header.replace(
+            "trigger: available_now", "trigger: available_now\ncompaction: {min_files: 4}"
+        )
+    )
+    for i in range(6):
+        land(root, f"{i}.ndjson", i)
+    store = DeltaStore(str(root / "lakehouse"))
+    runner = Runner(load_project(root))
+    flows = StreamLoop(runner).run(threading.Event())
+    stats = flows["events"].compaction
+    assert stats["runs"] == 1 and stats["files_removed"] >= 6 and stats["conflicts"] == 0
+    files = store.open("events").get_add_actions(flatten=True).num_rows
+    assert files == 1  # six one-file micro-batches, compacted
+    assert ids(root) == [0, 1, 2, 3, 4, 5]
+    # A maintenance commit: nothing is stale, nothing is read again.
+    assert [a.stale for a in runner.plan(["events"])] == [False]
+    land(root, "6.ndjson", 6)
+    again = StreamLoop(Runner(load_project(root))).run(threading.Event())
+    assert again["events"].rows_in == 1 and ids(root) == [0, 1, 2, 3, 4, 5, 6]
+    assert again["events"].compaction["runs"] == 0  # two files: below min_files
+
+
+def test_compaction_can_be_turned_off(tmp_path: Path) -> None:
+    root = make_project(tmp_path, trigger="available_now", per_batch=1)
+    header = (root / "models" / "events.sql").read_text()
+    (root / "models" / "events.sql").write_text(
+        header.replace("trigger: available_now", "trigger: available_now\ncompaction: false")
+    )
+    for i in range(5):
+        land(root, f"{i}.ndjson", i)
+    flows = StreamLoop(Runner(load_project(root))).run(threading.Event())
+    assert flows["events"].compaction == {}
+    table = DeltaStore(str(root / "lakehouse")).open("events")
+    assert table.get_add_actions(flatten=True).num_rows == 5

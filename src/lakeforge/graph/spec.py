@@ -48,11 +48,13 @@ from lakeforge.sources.redis_streams import RedisStreamsConfig
 from lakeforge.sources.rest import RestConfig
 from lakeforge.sources.sql_db import SqlConfig
 from lakeforge.streaming.spec import (
+    Compaction,
     Dedup,
     Lateness,
     OutputMode,
     Window,
     check_event_time,
+    compaction_shorthand,
     default_write,
 )
 
@@ -294,6 +296,7 @@ class DatasetConfig(_Strict):
     mode: Literal["batch", "streaming"] = "batch"
     trigger: Trigger = "10s"
     stream_from: StreamFrom | None = None
+    compaction: Compaction | None = Field(default_factory=Compaction)
     # Event time of a streaming table (streaming/spec.py): fingerprinted, as they decide
     # which rows are written — except idle_timeout, a matter of processing time.
     event_time: str | None = None
@@ -318,6 +321,11 @@ class DatasetConfig(_Strict):
                 "a view is computed when read: put schedule / on_upstream_change on a table"
             )
         return self
+
+    @field_validator("compaction", mode="before")
+    @classmethod
+    def _compaction_shorthand(cls, value: Any) -> Any:
+        return compaction_shorthand(value)
 
     @field_validator("stream_from", mode="before")
     @classmethod

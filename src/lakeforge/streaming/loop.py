@@ -71,6 +71,7 @@ class FlowProgress:
     failures: int = 0
     error: str | None = None
     done: bool = False
+    compaction: dict[str, Any] = field(default_factory=dict)
     next_due: float = 0.0
     _previous_start: float | None = None
 
@@ -95,6 +96,7 @@ class FlowProgress:
             "failures": self.failures,
             "error": self.error,
             "done": self.done,
+            "compaction": self.compaction,
         }
 
 
@@ -128,6 +130,10 @@ class StreamLoop:
                 "`lakeforge run` builds batch tables",
             )
         self.flows = {n: FlowProgress(n, graph[n].config.trigger) for n in names}
+        from lakeforge.streaming.compaction import Compactor
+
+        settings = {n: c for n in names if (c := graph[n].config.compaction) is not None}
+        self.compactor = Compactor(runner.store, settings)
         self.runs = 0
 
     @property
@@ -138,6 +144,16 @@ class StreamLoop:
 
     def run(self, stop: threading.Event) -> dict[str, FlowProgress]:
         """Loop until ``stop`` is set or every flow is done; returns the flows' progress."""
+        self.compactor.start()
+        try:
+            self._loop(stop)
+        finally:
+            self.compactor.stop()  # finishes the compaction in progress
+            for name, stats in self.compactor.stats.items():
+                self.flows[name].compaction = stats.to_dict()
+        return self.flows
+
+    def _loop(self, stop: threading.Event) -> None:
         while not stop.is_set() and not self.finished:
             self.tick(stop)
             if stop.is_set() or self.finished:
@@ -146,7 +162,6 @@ class StreamLoop:
             wait = max(0.0, min(upcoming) - self.clock()) if upcoming else 0.0
             if wait:
                 stop.wait(wait)
-        return self.flows
 
     def tick(self, stop: threading.Event | None = None) -> RunResult | None:
         """Build the flows that are due and have something new; returns the run, if any."""
@@ -218,6 +233,7 @@ class StreamLoop:
         elif task.status in ("success", "up_to_date"):
             flow.failures, flow.error = 0, None
         if task.status == "success":
+            self.compactor.request(flow.dataset)  # small files merged in the background
             flow.micro_batches += 1
             flow.batches += flow.last["batches"]
             flow.rows_in += rows_in

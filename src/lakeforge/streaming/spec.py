@@ -55,6 +55,12 @@ def micros(value: str | float) -> int:
     return round(duration_seconds(value) * 1_000_000)
 
 
+def _size(value: Any) -> Any:
+    from lakeforge.sources.postgres_cdc_config import parse_size
+
+    return parse_size(value)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -186,3 +192,23 @@ def check_event_time(config: DatasetConfig) -> None:
             )
     if config.idle_timeout is not None and config.window is None:
         raise ValueError("idle_timeout closes windows: it needs a window")
+
+
+class Compaction(_Strict):
+    """Background compaction of a streaming table's small files (``compaction:``).
+
+    Args:
+        target_file_size: the size compacted files aim at (``128MB``; bytes or a text).
+        min_files: compact once the table has at least this many files smaller than half
+            the target (each micro-batch adds at least one).
+    """
+
+    target_file_size: Annotated[int, BeforeValidator(_size), Field(ge=1 << 20)] = 128 << 20
+    min_files: int = Field(default=16, ge=2)
+
+
+def compaction_shorthand(value: Any) -> Any:
+    """``compaction: false`` turns it off (None); ``true`` / absent: the defaults."""
+    if value is True:
+        return {}
+    return None if value is False else value
