@@ -16,6 +16,7 @@ from bench import (
     cdc_apply,
     cdc_source,
     checks,
+    http_push,
     ingest,
     merge,
     nats_ingest,
@@ -35,6 +36,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         checks,
         ingest,
         nats_ingest,
+        http_push,
         plan,
         windowed,
     )

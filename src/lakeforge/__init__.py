@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     )
     from lakeforge.scheduling.sensors import RunRequest, SensorContext, sensor
     from lakeforge.sources.files import FilesConfig as files
+    from lakeforge.sources.http_push import HttpPushConfig as http_push
     from lakeforge.sources.kafka import KafkaConfig as kafka
     from lakeforge.sources.mqtt import MqttConfig as mqtt
     from lakeforge.sources.nats import NatsConfig as nats
@@ -58,6 +59,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "redis_streams": ("lakeforge.sources.redis_streams", "RedisStreamsConfig"),
     "mqtt": ("lakeforge.sources.mqtt", "MqttConfig"),
     "kafka": ("lakeforge.sources.kafka", "KafkaConfig"),
+    "http_push": ("lakeforge.sources.http_push", "HttpPushConfig"),
     "nats": ("lakeforge.sources.nats", "NatsConfig"),
     "postgres_cdc": ("lakeforge.sources.postgres_cdc_config", "PostgresCdcConfig"),
     "sensor": ("lakeforge.scheduling.sensors", "sensor"),
@@ -83,6 +85,7 @@ __all__ = [
     "__version__",
     "database",
     "files",
+    "http_push",
     "kafka",
     "mqtt",
     "nats",

@@ -33,6 +33,12 @@ def stream(
     as_json: bool = typer.Option(
         False, "--json", help="One JSON line per micro-batch of a flow, then the totals."
     ),
+    http: str = typer.Option(
+        "127.0.0.1:8765",
+        "--http",
+        metavar="HOST:PORT",
+        help="Where POST /ingest/{dataset} listens, for tables with an http_push source.",
+    ),
 ) -> None:
     """Run streaming tables continuously until stopped (Ctrl-C / SIGTERM: the batch in
     progress is committed first)."""
@@ -66,13 +72,24 @@ def stream(
             "(again to stop now)[/]"
         )
 
+    server = _push_server(project, list(loop.flows), http)
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     if not as_json:
         shown = ", ".join(f"{f.dataset} ({f.trigger})" for f in loop.flows.values())
         err_console.print(f"streaming {escape(shown)} — Ctrl-C to stop")
+    if server is not None:
+        server.start()
+        if not as_json:
+            err_console.print(f"push endpoint: POST {server.address}/ingest/{{dataset}}")
     try:
         flows = loop.run(stop)
     finally:
+        if server is not None:
+            from lakeforge.sources.http_push import buffer_of
+
+            server.stop()  # no new requests; those still waiting are told to retry (503)
+            for name in server.datasets:
+                buffer_of(name).close("not stored: the stream stopped")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     failed = [f for f in flows.values() if f.error is not None]
@@ -85,6 +102,32 @@ def stream(
             err_console.print(f"[red]✗[/] {escape(flow.dataset)}: {escape(flow.error or '')}")
     if failed:
         raise typer.Exit(1)
+
+
+def _push_server(project: Any, flows: list[str], address: str) -> Any:
+    """The push endpoint, when a flow's source is http_push (else None)."""
+    from lakeforge.sources.http_push import HttpPushConfig
+
+    datasets = {
+        name: project.graph[name].config.source
+        for name in flows
+        if isinstance(project.graph[name].config.source, HttpPushConfig)
+    }
+    if not datasets:
+        return None
+    from lakeforge.errors import ConfigError
+    from lakeforge.streaming.push_server import PushServer
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--http {address!r}: give HOST:PORT, e.g. 127.0.0.1:8765")
+    try:
+        return PushServer(host, int(port), datasets)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {address}: {exc.strerror or exc}",
+            hint="choose another port with --http HOST:PORT",
+        ) from None
 
 
 class _Display:

@@ -40,6 +40,7 @@ from lakeforge.scheduling.spec import (
     cron_trigger_shorthand,
 )
 from lakeforge.sources.files import FilesConfig
+from lakeforge.sources.http_push import HttpPushConfig
 from lakeforge.sources.kafka import KafkaConfig
 from lakeforge.sources.mqtt import MqttConfig
 from lakeforge.sources.nats import NatsConfig
@@ -251,7 +252,8 @@ SourceConfig = Annotated[
     | MqttConfig
     | KafkaConfig
     | NatsConfig
-    | PostgresCdcConfig,
+    | PostgresCdcConfig
+    | HttpPushConfig,
     Field(discriminator="kind"),
 ]
 

@@ -27,6 +27,7 @@ def source_of(ds: Dataset, project_root: Path, store: DeltaStore | None = None) 
         settings = ds.config.stream_from or StreamFrom()
         return DeltaFeedSource(ds.name, project_root, stream_input(ds), store, settings)
     from lakeforge.sources.files import FilesSource
+    from lakeforge.sources.http_push import HttpPushSource
     from lakeforge.sources.kafka import KafkaSource
     from lakeforge.sources.mqtt import MqttSource
     from lakeforge.sources.nats import NatsSource
@@ -44,5 +45,6 @@ def source_of(ds: Dataset, project_root: Path, store: DeltaStore | None = None) 
         "kafka": KafkaSource,
         "nats": NatsSource,
         "postgres_cdc": PostgresCdcSource,
+        "http_push": HttpPushSource,
     }
     return kinds[config.kind](ds.name, project_root, config)
