@@ -550,10 +550,15 @@ def test_a_streaming_table_reads_the_slot_micro_batch_by_micro_batch(
     assert result is not None and result.ok
     ops = [(r["op"], r["doc_id"]) for r in sorted(feed(root), key=lambda r: r["seq"])]
     assert ops == [("r", 1), ("c", 2), ("u", 1)]
+    before = len(feed(root))
     clock.now += 10
-    assert loop.tick() is None  # nothing new in the slot: no micro-batch
+    # The server's WAL moves on with other databases' work (other tests share the
+    # cluster): the slot may be stale and a micro-batch may run, but it reads no change.
+    third = loop.tick()
+    assert third is None or third.ok
+    assert len(feed(root)) == before
     flow = loop.flows["raw"]
-    assert flow.micro_batches == 2 and flow.rows_in == 3
+    assert flow.rows_in == 3
 
 
 # -- setup errors ------------------------------------------------------------------------------
