@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -313,13 +314,15 @@ def expand_macros(sql: str, partition: Partition, time_type: str) -> str:
     return "".join(out)
 
 
-def uses_macros(sql: str) -> set[str]:
-    """Which of ``@start``/``@end``/``@partition`` a SQL text uses."""
+def uses_macros(sql: str, tokens: Sequence[Any] | None = None) -> set[str]:
+    """Which of ``@start``/``@end``/``@partition`` a SQL text uses (``tokens``: the text
+    already tokenized, e.g. in the project dialect)."""
     from sqlglot.tokens import Tokenizer
 
     if "@" not in sql:
         return set()
-    tokens = Tokenizer().tokenize(sql)
+    if tokens is None:
+        tokens = Tokenizer().tokenize(sql)
     return {
         name.text.lower()
         for at, name in itertools.pairwise(tokens)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.tokens import Token
 
 from lakeforge.errors import ConfigError, Location, SQLError
 from lakeforge.graph.spec import Dataset, DatasetConfig
@@ -71,8 +73,10 @@ def load_sql_model(path: Path, root: Path) -> Dataset:
             hint="write one SELECT statement after the header",
         )
     leading = body[: len(body) - len(body.lstrip())].count("\n")
-    _check_macros(sql, config, Location(rel, body_offset + leading + 1))
-    tree = parse_select(sql, rel, body_offset + leading, config.name)
+    # Tokenized once: the macro check and the parse read the same tokens.
+    tokens = _tokenize(sql, rel, body_offset + leading, config.name)
+    _check_macros(sql, config, Location(rel, body_offset + leading + 1), tokens)
+    tree = parse_select(sql, rel, body_offset + leading, config.name, tokens)
     inputs, external = extract_references(tree)
     if config.source is not None:  # `FROM source` reads the source's batch
         inputs = [name for name in inputs if name != "source"]
@@ -88,11 +92,25 @@ def load_sql_model(path: Path, root: Path) -> Dataset:
     )
 
 
-def _check_macros(sql: str, config: DatasetConfig, location: Location) -> None:
+def _tokenize(sql: str, file: str, line_offset: int, dataset: str) -> list[Token]:
+    """The query's tokens in the project dialect; a lexical error carries file:line."""
+    try:
+        return Dialect.get_or_raise(DIALECT).tokenize(sql)
+    except sqlglot.errors.TokenError as exc:
+        raise SQLError(
+            f"SQL does not parse: {exc}",
+            location=Location(file, line_offset + 1),
+            dataset=dataset,
+        ) from None
+
+
+def _check_macros(
+    sql: str, config: DatasetConfig, location: Location, tokens: list[Token] | None = None
+) -> None:
     """``@start``/``@end``/``@partition`` need partitions that define them."""
     from lakeforge.graph.partitions import uses_macros
 
-    used = uses_macros(sql)
+    used = uses_macros(sql, tokens)
     if not used:
         return
     parts = config.partitions
@@ -111,10 +129,18 @@ def _check_macros(sql: str, config: DatasetConfig, location: Location) -> None:
         )
 
 
-def parse_select(sql: str, file: str, line_offset: int, dataset: str) -> exp.Query:
-    """Parse one SELECT (or WITH … SELECT / set operation); errors carry file:line."""
+def parse_select(
+    sql: str, file: str, line_offset: int, dataset: str, tokens: list[Token] | None = None
+) -> exp.Query:
+    """Parse one SELECT (or WITH … SELECT / set operation); errors carry file:line.
+
+    ``tokens``: the query already tokenized in the project dialect (not done again)."""
     try:
-        statements = [s for s in sqlglot.parse(sql, dialect=DIALECT) if s is not None]
+        if tokens is None:
+            parsed = sqlglot.parse(sql, dialect=DIALECT)
+        else:
+            parsed = Dialect.get_or_raise(DIALECT).parser().parse(tokens, sql)
+        statements = [s for s in parsed if s is not None]
     except sqlglot.errors.ParseError as exc:
         err = exc.errors[0] if exc.errors else {}
         line = err.get("line")
