@@ -100,6 +100,13 @@ def test_bad_sql_names_file_and_line(tmp_path: Path) -> None:
     assert err.value.location.line is not None and err.value.location.line >= 4
 
 
+def test_an_unterminated_string_is_a_sql_error_with_its_place(tmp_path: Path) -> None:
+    make_project(tmp_path, {"models/b.sql": "/* lakeforge\nlayer: silver\n*/\nSELECT 'abc AS x\n"})
+    with pytest.raises(SQLError, match="does not parse") as err:
+        load_project(tmp_path)
+    assert (err.value.location.file, err.value.location.line) == ("models/b.sql", 4)
+
+
 def test_non_select_sql_is_rejected(tmp_path: Path) -> None:
     make_project(tmp_path, {"models/b.sql": "DELETE FROM x\n"})
     with pytest.raises(SQLError, match="must be a SELECT"):
