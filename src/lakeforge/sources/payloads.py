@@ -237,11 +237,10 @@ class PayloadDecoder:
 
         if not records:
             return pa.table({})
-        # Every key of every record: from_pylist alone takes the first record's keys only,
-        # which would drop a field that only later messages carry.
-        names = list(dict.fromkeys(k for r in records for k in r))
+        # A struct array infers its fields from every record (from_pylist would take the
+        # first record's keys only, dropping a field that only later messages carry).
         try:
-            table = pa.Table.from_pylist(records, schema=_inferred_schema(records, names))
+            table = pa.Table.from_struct_array(pa.array(records))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             if fmt != "json":
                 raise
@@ -251,18 +250,6 @@ class PayloadDecoder:
 
 class _Undecodable(Exception):
     """A payload that cannot be decoded: it becomes a dead letter."""
-
-
-def _inferred_schema(records: list[Any], names: list[str]) -> Any:
-    """The Arrow schema of ``records`` over every key in ``names`` (types inferred per
-    column over all its values; raises like ``from_pylist`` on a type clash)."""
-    import pyarrow as pa
-
-    fields = []
-    for name in names:
-        values = [r.get(name) for r in records]
-        fields.append(pa.field(name, pa.array(values).type))
-    return pa.schema(fields)
 
 
 def _typed_nulls(table: Any) -> Any:
