@@ -129,24 +129,25 @@ def _fill_unchanged(
     column = c.unchanged_column
     if column is None or column not in data.column_names:
         return data
-    listed = data.column(column)
-    data = data.drop_columns([column])
-    if target_version is None or not any(v for v in listed.to_pylist() if v):
+    changes, data = data, data.drop_columns([column])
+    if target_version is None or not any(changes.column(column).to_pylist()):
         return data
     schema = store.schema(ds.name, target_version)
     names = set(schema.names) if schema is not None else set()
     fillable = [n for n in data.column_names if n in names and n not in c.keys]
     if not fillable:
         return data
+    from sqlglot import exp
+
     con = connection.connect(threads=2)
     try:
-        con.register("__lf_changes", data.append_column(column, listed))
+        con.register("__lf_changes", changes)
         register_table(con, "__lf_rows", store.read(ds.name, target_version))
         rows = "__lf_rows"
         if c.scd_type == 2 and c.is_current in names:
             rows = f"(SELECT * FROM __lf_rows WHERE {q(c.is_current)})"
         filled = ", ".join(
-            f"CASE WHEN list_contains(u.{q(column)}, '{n.replace(chr(39), chr(39) * 2)}') "
+            f"CASE WHEN list_contains(u.{q(column)}, {exp.Literal.string(n).sql('duckdb')}) "
             f"THEN t.{q(n)} ELSE u.{q(n)} END AS {q(n)}"
             for n in fillable
         )
