@@ -14,18 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.js.client import JetStreamContext
 
 from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.execution.executor import Runner
 from lakeforge.execution.results import RunResult
 from lakeforge.project.loader import load_project
 from lakeforge.sources.nats import NatsConfig, NatsSource, Position
+from lakeforge.sources.nats_pull import Pulled, Puller
 from lakeforge.storage.delta import DeltaStore
 
 pytestmark = pytest.mark.integration
 
-PullSubscription = JetStreamContext.PullSubscription
 
 DATASET = "raw"
 DURABLE = f"lakeforge_{DATASET}"
@@ -190,14 +189,14 @@ def test_messages_committed_but_not_acked_are_skipped_when_redelivered(
         assert time.monotonic() < deadline, f"the consumer was active {idle} ago"
         time.sleep(0.1)
     fetched: list[int] = []
-    original = PullSubscription.fetch
+    original = Puller.pull
 
-    async def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+    async def pull(self: Any, *args: Any, **kwargs: Any) -> Pulled:
         got = await original(self, *args, **kwargs)
-        fetched.extend(int(m.metadata.sequence.stream) for m in got)
+        fetched.extend(got.seqs)
         return got
 
-    monkeypatch.setattr(PullSubscription, "fetch", fetch)
+    monkeypatch.setattr(Puller, "pull", pull)
     new = publish(nats_jetstream, f"{stream}.a", {"id": 5})
     second = run(root)
     assert sorted(fetched) == [1, 2, 3, 4, 5, 6], "the committed messages were not redelivered"

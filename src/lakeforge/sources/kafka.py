@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.extras import require
 from lakeforge.sources.base import Source, SourceBatch, SourceStatus
-from lakeforge.sources.broker_batch import Message, assemble
+from lakeforge.sources.broker_batch import Message, Payloads, assemble
 from lakeforge.sources.payloads import PayloadConfig, PayloadDecoder
 
 log = logging.getLogger(__name__)
@@ -511,9 +511,14 @@ class KafkaSource(Source):
 
         cfg = self.config
         p = cfg.metadata_prefix
-        messages = [
-            Message(m.value(), f"kafka://{m.topic()}/{m.partition()}", m.offset()) for m in buffer
-        ]
+        messages = Payloads(
+            [m.value() for m in buffer],
+            lambda i: Message(
+                buffer[i].value(),
+                f"kafka://{buffer[i].topic()}/{buffer[i].partition()}",
+                buffer[i].offset(),
+            ),
+        )
         keys = [m.key() for m in buffer]
         stamps = [m.timestamp() for m in buffer]
         metadata: dict[str, pa.Array] = {

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import logging
 import os
 import re
@@ -46,7 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.extras import require
 from lakeforge.sources.base import Source, SourceBatch, SourceStatus
-from lakeforge.sources.broker_batch import Message, assemble
+from lakeforge.sources.broker_batch import Message, Payloads, assemble
+from lakeforge.sources.nats_pull import Pulled, Puller
 from lakeforge.sources.payloads import PayloadConfig, PayloadDecoder
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 _PROBE_TIMEOUT = 3.0  # seconds: `pending()` and `status()` must be quick
-_FETCH = 256  # messages asked for at once
+_SLACK = 256  # max_ack_pending beyond two batches
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[^.*>\s]+$")  # stream and durable names
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_MICROSECOND = datetime.timedelta(microseconds=1)
 
 
 class NatsConfig(BaseModel):
@@ -394,7 +392,7 @@ class NatsSource(Source):
 
     def _max_ack_pending(self) -> int:
         # Ack-all leaves every message of a batch unacked until its commit.
-        return max(1000, 2 * self.config.max_messages_per_batch + _FETCH)
+        return max(1000, 2 * self.config.max_messages_per_batch + _SLACK)
 
     async def _prepare(self, nc: Any, js: Any, pos: Position, last_seq: int) -> Any:
         """The durable consumer, in step with the table (see the module's docstring)."""
@@ -509,70 +507,90 @@ class NatsSource(Source):
         messages = 0 if pos.refresh else pos.messages
         if not int(info.num_pending):
             return  # redeliveries, if any, are at or below the committed sequence
-        sub = self._run(js.pull_subscribe_bind(self.durable, cfg.stream))
+        puller = Puller(nc, cfg.stream, self.durable, self.dataset)
+        self._run(puller.start())
+        try:
+            yield from self._pull(puller, read, messages, committed, end)
+        finally:
+            self._run(puller.stop())
+
+    def _pull(
+        self,
+        puller: Puller,
+        read: int,
+        messages: int,
+        committed: int | None,
+        end: int,
+    ) -> Iterator[SourceBatch]:
+        cfg = self.config
         done = False
         while not done:
-            batch: list[Any] = []
+            batch = Pulled()
             skipped: Any = None
             started = time.monotonic()
-            while not done and len(batch) < cfg.max_messages_per_batch:
+            while not done and len(batch.messages) < cfg.max_messages_per_batch:
                 left = cfg.max_batch_seconds - (time.monotonic() - started)
                 if left <= 0:
                     break
-                want = min(_FETCH, cfg.max_messages_per_batch - len(batch))
+                want = cfg.max_messages_per_batch - len(batch.messages)
                 try:
-                    got = self._run(sub.fetch(want, timeout=min(left, 1.0)))
+                    got = self._run(puller.pull(want, timeout=cfg.timeout))
                 except TimeoutError:
-                    done = True  # nothing more now: the rest is for the next run
+                    done = True  # the server sent nothing: the rest is for the next run
                     break
-                for msg in got:
-                    meta = msg.metadata
-                    seq = int(meta.sequence.stream)
+                done = got.ended
+                for msg, seq, at, pending in zip(
+                    got.messages, got.seqs, got.times, got.pending, strict=True
+                ):
                     if seq <= read:
                         # Redelivered: committed already (acked and skipped), or in the
                         # batch being read (its ack covers it).
                         if committed is not None and seq <= committed:
                             skipped = msg
                         continue
-                    batch.append(msg)
+                    batch.messages.append(msg)
+                    batch.seqs.append(seq)
+                    batch.times.append(at)
                     read = seq
-                    if int(meta.num_pending) == 0 or seq >= end:
+                    if pending == 0 or seq >= end:
                         done = True  # what was available when the run started is read
             if skipped is not None:  # in the table: its ack (ack-all) is safe now
                 self._run(skipped.ack_sync(timeout=cfg.timeout))
-            if not batch:
+            if not batch.messages:
                 continue
-            messages += len(batch)
+            messages += len(batch.messages)
             state = {"kind": self.kind, "seq": read, "messages": messages}
-            self._unacked[read] = batch[-1]
+            self._unacked[read] = batch.messages[-1]
             yield self._batch(batch, state)
 
-    def _batch(self, batch: list[Any], state: dict[str, Any]) -> SourceBatch:
+    def _batch(self, batch: Pulled, state: dict[str, Any]) -> SourceBatch:
         import pyarrow as pa
+        import pyarrow.compute as pc
 
         cfg = self.config
         p = cfg.metadata_prefix
-        seqs = [int(m.metadata.sequence.stream) for m in batch]
-        messages = [
-            Message(m.data, f"nats://{cfg.stream}/{m.subject}", seq)
-            for m, seq in zip(batch, seqs, strict=True)
-        ]
+        seqs, msgs = batch.seqs, batch.messages
+        origin = f"nats://{cfg.stream}/"
+        messages = Payloads(
+            [m.data for m in msgs],
+            lambda i: Message(msgs[i].data, origin + msgs[i].subject, seqs[i]),
+        )
         metadata: dict[str, pa.Array] = {
-            f"{p}subject": pa.array([m.subject for m in batch], pa.string()),
+            f"{p}subject": pa.array([m.subject for m in msgs], pa.string()),
             f"{p}stream_seq": pa.array(seqs, pa.int64()),
-            # As microseconds since the epoch: converting datetimes would import pandas.
-            f"{p}timestamp": pa.array(
-                [(m.metadata.timestamp - _EPOCH) // _MICROSECOND for m in batch], pa.int64()
-            ).cast(pa.timestamp("us", tz="UTC")),
+            # Stored as nanoseconds since the epoch; the column keeps microseconds.
+            f"{p}timestamp": pc.divide(pa.array(batch.times, pa.int64()), 1000).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
         }
         if cfg.headers:
             header_type = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
             metadata[f"{p}headers"] = pa.array(
-                [[{"key": k, "value": v} for k, v in (m.headers or {}).items()] for m in batch],
+                [[{"key": k, "value": v} for k, v in (m.headers or {}).items()] for m in msgs],
                 header_type,
             )
         data, rejected = assemble(self._decoder, messages, metadata, self.dataset)
-        description = f"{len(batch):,} message(s), sequence {seqs[0]}–{seqs[-1]}"
+        description = f"{len(msgs):,} message(s), sequence {seqs[0]}–{seqs[-1]}"
         if rejected is not None:
             description += f", {rejected.num_rows:,} dead letter(s)"
-        return SourceBatch(data, state, description, units=len(batch), rejected=rejected)
+        return SourceBatch(data, state, description, units=len(msgs), rejected=rejected)
