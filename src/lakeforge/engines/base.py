@@ -11,6 +11,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     import pyarrow as pa
 
     from lakeforge.graph.partitions import Partition
@@ -59,6 +61,11 @@ class Engine(Protocol):
     ) -> pa.Table:
         """Run ``ds``'s transform; ``inputs`` maps each stored input to its pinned data and
         ``views`` lists the views it reads through, in dependency order."""
+        ...
+
+    def session(self) -> AbstractContextManager[None]:
+        """Within: the thread's transforms may share what they set up (a connection) — a
+        task's batches."""
         ...
 
     def query(

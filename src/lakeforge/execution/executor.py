@@ -262,7 +262,11 @@ class Runner:
             )
             self.listener.on_task_end(result)
             return result
-        with DatasetLock(self.project.root / STATE_DIR, name, self.metadata, self.store.uri(name)):
+        with (
+            DatasetLock(self.project.root / STATE_DIR, name, self.metadata, self.store.uri(name)),
+            self.store.session(),  # the task's tables are opened once, then brought up to date
+            self.engine.session(),  # and its batches are transformed in one connection
+        ):
             return self._locked_task(run_id, run_started, ds, full_refresh, started, opts)
 
     def _locked_task(
