@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -102,6 +103,35 @@ def test_a_flow_runs_on_its_trigger_and_only_when_there_is_something_new(
     with MetadataStore(load_project(root).metadata_url) as metadata:
         latest = metadata.list_runs(limit=1)[0]
         assert latest.options["stream"] == loop.stream_id
+
+
+def test_an_interval_trigger_keeps_a_fixed_rate_whatever_a_micro_batch_takes(
+    tmp_path: Path,
+) -> None:
+    """As a processing-time trigger: due every interval from when the last micro-batch was
+    due, not an interval after it ended; at once when it took longer than the interval."""
+    root = make_project(tmp_path, trigger="1s")
+    clock = Clock()
+    runner = Runner(load_project(root))
+    original = runner.run
+
+    def slow_run(*args: Any, **kwargs: Any) -> Any:
+        clock.now += seconds  # the micro-batch takes `seconds` on the loop's clock
+        return original(*args, **kwargs)
+
+    runner.run = slow_run  # type: ignore[method-assign]
+    loop = StreamLoop(runner, clock=clock)
+    start = clock.now
+    seconds = 0.4
+    land(root, "a.ndjson", 1)
+    assert loop.tick() is not None
+    assert loop.flows["events"].next_due == start + 1.0
+    clock.now = start + 1.0
+    seconds = 2.5
+    land(root, "b.ndjson", 2)
+    assert loop.tick() is not None
+    assert loop.flows["events"].next_due == clock.now  # late already: again at once
+    assert ids(root) == [1, 2]
 
 
 def test_available_now_processes_everything_then_stops(tmp_path: Path) -> None:

@@ -195,9 +195,13 @@ class StreamLoop:
             interval = flow.interval or 0.0
             if flow.failures:
                 interval = min(MAX_BACKOFF, max(interval, 1.0) * 2 ** (flow.failures - 1))
+                flow.next_due = after + interval
             elif not interval and flow.dataset not in stale:
-                interval = IDLE_POLL
-            flow.next_due = after + interval
+                flow.next_due = after + IDLE_POLL
+            else:
+                # A fixed rate, as a processing-time trigger: every `interval` from when
+                # the micro-batch was due to start; at once when it took longer than that.
+                flow.next_due = max(after, now + interval)
         return result
 
     def _record(self, flow: FlowProgress, task: TaskResult, result: RunResult) -> None:
