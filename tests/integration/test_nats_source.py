@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,12 +17,14 @@ from typing import Any
 
 import pytest
 
+from conftest import JetStreamAdmin, require_service
 from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.execution.executor import Runner
 from lakeforge.execution.results import RunResult
 from lakeforge.project.loader import load_project
+from lakeforge.sources import nats as nats_module
 from lakeforge.sources.nats import NatsConfig, NatsSource, Position
-from lakeforge.sources.nats_pull import Pulled, Puller
+from lakeforge.sources.nats_pull import Pulled, PullRequests
 from lakeforge.storage.delta import DeltaStore
 
 pytestmark = pytest.mark.integration
@@ -152,9 +156,11 @@ def test_acks_only_after_the_delta_commit(
 
     monkeypatch.setattr(NatsSource, "committed", committed)
     run(root)
+    # Unacknowledged at each commit: the batch itself, and the next one, pulled while it was
+    # processed (none after the last).
     assert seen == [
-        ([0, 1, 2], (0, 3)),
-        ([0, 1, 2, 3, 4, 5], (seqs[2], 3)),
+        ([0, 1, 2], (0, 3 + 3)),
+        ([0, 1, 2, 3, 4, 5], (seqs[2], 3 + 1)),
         ([0, 1, 2, 3, 4, 5, 6], (seqs[5], 1)),
     ]
     assert acked(nats_jetstream, stream) == (seqs[-1], 0)
@@ -189,14 +195,14 @@ def test_messages_committed_but_not_acked_are_skipped_when_redelivered(
         assert time.monotonic() < deadline, f"the consumer was active {idle} ago"
         time.sleep(0.1)
     fetched: list[int] = []
-    original = Puller.pull
+    original = PullRequests.pull
 
     async def pull(self: Any, *args: Any, **kwargs: Any) -> Pulled:
         got = await original(self, *args, **kwargs)
         fetched.extend(got.seqs)
         return got
 
-    monkeypatch.setattr(Puller, "pull", pull)
+    monkeypatch.setattr(PullRequests, "pull", pull)
     new = publish(nats_jetstream, f"{stream}.a", {"id": 5})
     second = run(root)
     assert sorted(fetched) == [1, 2, 3, 4, 5, 6], "the committed messages were not redelivered"
@@ -440,3 +446,117 @@ def test_a_position_past_the_end_of_the_stream_is_an_error(
         list(source.batches(position))
     (batch,) = source.batches(source.fresh())  # what --full-refresh does
     assert batch.data.column("id").to_pylist() == [1]
+
+
+# -- the message path: the wire reader, or nats-py's subscription --------------------------
+
+
+def spy_pullers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the pull readers the NATS source uses from now on."""
+    used: list[str] = []
+    original = NatsSource._puller
+
+    def puller(self: NatsSource, nc: Any) -> Any:
+        chosen = original(self, nc)
+        used.append(type(chosen).__name__)
+        return chosen
+
+    monkeypatch.setattr(NatsSource, "_puller", puller)
+    return used
+
+
+@pytest.fixture(params=["wire", "nats-py"])
+def message_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run a test over each message path; ``nats-py`` is what a creds file or TLS gets."""
+    if request.param == "nats-py":
+        monkeypatch.setattr(nats_module, "wire_credentials", lambda url, options: None)
+    used = spy_pullers(monkeypatch)
+    yield request.param
+    assert set(used) == {"WirePuller" if request.param == "wire" else "Puller"}
+
+
+def test_both_message_paths_read_headers_dead_letters_and_batches_alike(
+    tmp_path: Path, nats_jetstream: Any, nats_stream: Callable[[], str], message_path: str
+) -> None:
+    stream = nats_stream()
+    root = project(tmp_path, nats_source(stream, max_messages_per_batch=3, headers="true"))
+    publish(nats_jetstream, f"{stream}.a", *({"id": i, "v": "é" * i} for i in range(5)))
+    publish(nats_jetstream, f"{stream}.b", b"{oops")
+    nats_jetstream.publish(f"{stream}.b", b'{"id": 5}', headers={"trace": "t-5"})
+    result = run(root)
+    table = sorted(rows(root), key=lambda r: r["id"])
+    assert [r["id"] for r in table] == [0, 1, 2, 3, 4, 5]
+    assert table[4]["v"] == "éééé" and table[0]["_subject"] == f"{stream}.a"
+    assert table[5]["_headers"] == [{"key": "trace", "value": "t-5"}]
+    assert result.tasks[0].metrics["source"]["batches"] == 3
+    letters = rows(root, f"{DATASET}__dlq")
+    assert [(r["raw"], r["line"]) for r in letters] == [(b"{oops", 6)]
+    assert acked(nats_jetstream, stream) == (7, 0)
+
+
+@pytest.fixture
+def nats_with_auth(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start nats-server processes (JetStream on) that require credentials; yields a
+    factory ``start(*flags) -> url``; the servers are stopped after the test."""
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    require_service("the nats-server binary", lambda: Path(binary).exists())
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*flags: str) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        store = tmp_path / f"nats-{port}"
+        proc = subprocess.Popen(
+            [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store), *flags],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        started.append(proc)
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return f"nats://127.0.0.1:{port}"
+            assert proc.poll() is None, "nats-server exited"
+            assert time.monotonic() < deadline, "nats-server did not listen within 10 s"
+            time.sleep(0.05)
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("flags", "source_auth", "url_auth"),
+    [
+        (("--user", "lf", "--pass", "s3cret"), "user: lf, password: '${NATS_PW}'", ""),
+        (("--auth", "t0ken"), "token: '${NATS_TOKEN}'", ""),
+        (("--user", "lf", "--pass", "s3cret"), "", "lf:s3cret@"),
+    ],
+    ids=["user-password", "token", "credentials-in-url"],
+)
+def test_the_wire_reader_authenticates_as_nats_py_does(
+    tmp_path: Path,
+    nats_with_auth: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: tuple[str, ...],
+    source_auth: str,
+    url_auth: str,
+) -> None:
+    monkeypatch.setenv("NATS_PW", "s3cret")
+    monkeypatch.setenv("NATS_TOKEN", "t0ken")
+    url = nats_with_auth(*flags)
+    admin_auth = "t0ken@" if "--auth" in flags else "lf:s3cret@"
+    admin = JetStreamAdmin(url.replace("nats://", "nats://" + admin_auth))
+    try:
+        admin.run(admin.js.add_stream(name="AUTH", subjects=["AUTH.>"]))
+        publish(admin, "AUTH.x", *({"id": i} for i in range(4)))
+        server = url.replace("nats://", "nats://" + url_auth)
+        extra = f", {source_auth}" if source_auth else ""
+        root = project(tmp_path / "p", f"{{kind: nats, stream: AUTH, servers: '{server}'{extra}}}")
+        used = spy_pullers(monkeypatch)
+        run(root)
+        assert ids(root) == [0, 1, 2, 3] and used == ["WirePuller"]
+    finally:
+        admin.close()

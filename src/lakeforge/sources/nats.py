@@ -25,16 +25,20 @@ messages that cannot be decoded go to the dead-letter queue with origin
 ``nats://<stream>/<subject>`` and the stream sequence as ``line``.
 
 nats-py is asyncio; the executor is synchronous. The source runs the client in an event
-loop of its own, created by :meth:`batches` (and by each probe) and closed with it.
+loop of its own, created by :meth:`batches` (and by each probe) and closed with it; while
+reading, the loop runs in a thread, which pulls the next batch while the executor decodes,
+transforms and commits the one before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Coroutine, Iterable, Iterator
 from pathlib import Path
@@ -46,7 +50,8 @@ from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.extras import require
 from lakeforge.sources.base import Source, SourceBatch, SourceStatus
 from lakeforge.sources.broker_batch import Message, Payloads, assemble
-from lakeforge.sources.nats_pull import Pulled, Puller
+from lakeforge.sources.nats_pull import Pulled, Puller, PullRequests
+from lakeforge.sources.nats_wire import WirePuller, WireUnsupported, wire_credentials
 from lakeforge.sources.payloads import PayloadConfig, PayloadDecoder
 
 log = logging.getLogger(__name__)
@@ -196,7 +201,9 @@ class NatsSource(Source):
         self.durable = config.durable or f"lakeforge_{dataset}"
         self._decoder = PayloadDecoder(config.payload, project_root, dataset)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._unacked: dict[int, Any] = {}  # batch's last sequence → its last message
+        self._unacked: dict[int, str] = {}  # batch's last sequence → its ack subject
+        self._nc: Any = None  # the client of batches(), while they are read
+        self._options: dict[str, Any] = {}  # what the client connected with
         self._metrics: dict[str, Any] = {}
 
     # -- position -------------------------------------------------------------------------
@@ -267,8 +274,11 @@ class NatsSource(Source):
         return nats
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._submit(coro).result()
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         assert self._loop is not None
-        return self._loop.run_until_complete(coro)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     async def _connect(self, timeout: float) -> Any:
         nats = self._nats()
@@ -295,6 +305,7 @@ class NatsSource(Source):
             options["token"] = self._secret(cfg.token)
         if cfg.creds_file is not None:
             options["user_credentials"] = str(self.project_root / cfg.creds_file)
+        self._options = options
         bound = 2 * (timeout + 0.5) * len(cfg.servers)  # a hard bound, whatever the client does
         try:
             return await asyncio.wait_for(nats.connect(**options), bound)
@@ -451,8 +462,14 @@ class NatsSource(Source):
         pos: Position = position
         nats = self._nats()
         self._loop, self._metrics = asyncio.new_event_loop(), {}
+        # The client's loop runs in a thread of its own: the next batch arrives (and is
+        # parsed) while this one is decoded, transformed and committed.
+        thread = threading.Thread(
+            target=self._loop.run_forever, name=f"lakeforge-nats-{self.dataset}", daemon=True
+        )
+        thread.start()
         try:
-            nc = self._run(self._connect(self.config.timeout))
+            nc = self._nc = self._run(self._connect(self.config.timeout))
             try:
                 yield from self._read(nc, pos)
                 info = self._run(self._consumer_info(nc.jetstream(timeout=self._probe_timeout)))
@@ -465,19 +482,22 @@ class NatsSource(Source):
                 raise self._failure(exc, "failed while reading") from None
             finally:
                 self._unacked.clear()
+                self._nc = None
                 self._run(nc.close())
         finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            thread.join()
             self._loop.close()
             self._loop = None
 
     def committed(self, state: dict[str, Any]) -> None:
         last = self._unacked.pop(int(state.get("seq", -1)), None)
-        if last is None or self._loop is None:
+        if last is None or self._loop is None or self._nc is None:
             return
         nats = self._nats()
         try:
             # Ack-all: the batch's last message acknowledges every message before it.
-            self._run(last.ack_sync(timeout=self.config.timeout))
+            self._run(self._ack(last))
         except (TimeoutError, nats.errors.Error) as exc:
             # The batch is in the table: JetStream redelivers it, and the next run acks and
             # skips what is at or below the committed sequence.
@@ -507,16 +527,41 @@ class NatsSource(Source):
         messages = 0 if pos.refresh else pos.messages
         if not int(info.num_pending):
             return  # redeliveries, if any, are at or below the committed sequence
-        puller = Puller(nc, cfg.stream, self.durable, self.dataset)
-        self._run(puller.start())
+        puller = self._puller(nc)
         try:
             yield from self._pull(puller, read, messages, committed, end)
         finally:
             self._run(puller.stop())
 
+    def _puller(self, nc: Any) -> PullRequests:
+        """The wire reader on a connection of its own to nats-py's server, or nats-py's
+        subscription where the wire reader cannot go (TLS, a creds file)."""
+        url = nc.connected_url
+        credentials = wire_credentials(url, self._options)
+        if credentials is not None and url is not None and url.scheme == "nats":
+            wire = WirePuller(
+                url.hostname or "127.0.0.1",
+                url.port or 4222,
+                credentials,
+                stream=self.config.stream,
+                durable=self.durable,
+                dataset=self.dataset,
+                name=f"lakeforge {self.dataset} messages",
+                inbox=nc.new_inbox(),
+                timeout=self.config.timeout,
+            )
+            try:
+                self._run(wire.start())
+                return wire
+            except WireUnsupported as exc:
+                log.debug("%s: NATS messages through nats-py: %s", self.dataset, exc)
+        puller = Puller(nc, self.config.stream, self.durable, self.dataset)
+        self._run(puller.start())
+        return puller
+
     def _pull(
         self,
-        puller: Puller,
+        puller: PullRequests,
         read: int,
         messages: int,
         committed: int | None,
@@ -524,44 +569,61 @@ class NatsSource(Source):
     ) -> Iterator[SourceBatch]:
         cfg = self.config
         done = False
-        while not done:
-            batch = Pulled()
-            skipped: Any = None
-            started = time.monotonic()
-            while not done and len(batch.messages) < cfg.max_messages_per_batch:
-                left = cfg.max_batch_seconds - (time.monotonic() - started)
-                if left <= 0:
-                    break
-                want = cfg.max_messages_per_batch - len(batch.messages)
-                try:
-                    got = self._run(puller.pull(want, timeout=cfg.timeout))
-                except TimeoutError:
-                    done = True  # the server sent nothing: the rest is for the next run
-                    break
-                done = got.ended
-                for msg, seq, at, pending in zip(
-                    got.messages, got.seqs, got.times, got.pending, strict=True
-                ):
-                    if seq <= read:
-                        # Redelivered: committed already (acked and skipped), or in the
-                        # batch being read (its ack covers it).
-                        if committed is not None and seq <= committed:
-                            skipped = msg
-                        continue
-                    batch.messages.append(msg)
-                    batch.seqs.append(seq)
-                    batch.times.append(at)
-                    read = seq
-                    if pending == 0 or seq >= end:
-                        done = True  # what was available when the run started is read
-            if skipped is not None:  # in the table: its ack (ack-all) is safe now
-                self._run(skipped.ack_sync(timeout=cfg.timeout))
-            if not batch.messages:
-                continue
-            messages += len(batch.messages)
-            state = {"kind": self.kind, "seq": read, "messages": messages}
-            self._unacked[read] = batch.messages[-1]
-            yield self._batch(batch, state)
+        ahead: concurrent.futures.Future[Pulled] | None = None  # the next batch's pull
+        try:
+            while not done:
+                batch = Pulled()
+                skipped: str | None = None  # the ack subject of a message in the table
+                started = time.monotonic()
+                while not done and len(batch) < cfg.max_messages_per_batch:
+                    left = cfg.max_batch_seconds - (time.monotonic() - started)
+                    if left <= 0:
+                        break
+                    want = cfg.max_messages_per_batch - len(batch)
+                    pull = ahead or self._submit(puller.pull(want, timeout=cfg.timeout))
+                    ahead = None
+                    try:
+                        got = pull.result()
+                    except TimeoutError:
+                        done = True  # the server sent nothing: the rest is for the next run
+                        break
+                    done = got.ended
+                    for i, seq in enumerate(got.seqs):
+                        if seq <= read:
+                            # Redelivered: committed already (acked and skipped), or in the
+                            # batch being read (its ack covers it).
+                            if committed is not None and seq <= committed:
+                                skipped = got.replies[i]
+                            continue
+                        batch.add(got.payloads[i], got.subjects[i], got.replies[i],
+                                  got.headers[i], seq, got.times[i], got.pending[i])  # fmt: skip
+                        read = seq
+                        if got.pending[i] == 0 or seq >= end:
+                            done = True  # what was available when the run started is read
+                if skipped is not None:  # in the table: its ack (ack-all) is safe now
+                    self._run(self._ack(skipped))
+                if not done:
+                    # More is there: pull the next batch while this one is processed. (Pulled
+                    # and then not committed, if the run stops after this batch: the next run
+                    # finds them delivered and creates the consumer again at the table's
+                    # position, as after a crash.)
+                    pull_next = puller.pull(cfg.max_messages_per_batch, timeout=cfg.timeout)
+                    ahead = self._submit(pull_next)
+                if not len(batch):
+                    continue
+                messages += len(batch)
+                state = {"kind": self.kind, "seq": read, "messages": messages}
+                self._unacked[read] = batch.replies[-1]
+                yield self._batch(batch, state)
+        finally:
+            if ahead is not None:  # the run stopped before the batch pulled ahead
+                ahead.cancel()
+
+    async def _ack(self, reply: str) -> None:
+        """Acknowledge (ack-all) the message of ack subject ``reply`` and every one before,
+        and wait for the server to confirm it."""
+        assert self._nc is not None
+        await self._nc.request(reply, b"+ACK", timeout=self.config.timeout)
 
     def _batch(self, batch: Pulled, state: dict[str, Any]) -> SourceBatch:
         import pyarrow as pa
@@ -569,14 +631,14 @@ class NatsSource(Source):
 
         cfg = self.config
         p = cfg.metadata_prefix
-        seqs, msgs = batch.seqs, batch.messages
+        seqs = batch.seqs
         origin = f"nats://{cfg.stream}/"
         messages = Payloads(
-            [m.data for m in msgs],
-            lambda i: Message(msgs[i].data, origin + msgs[i].subject, seqs[i]),
+            batch.payloads,
+            lambda i: Message(batch.payloads[i], origin + batch.subjects[i], seqs[i]),
         )
         metadata: dict[str, pa.Array] = {
-            f"{p}subject": pa.array([m.subject for m in msgs], pa.string()),
+            f"{p}subject": pa.array(batch.subjects, pa.string()),
             f"{p}stream_seq": pa.array(seqs, pa.int64()),
             # Stored as nanoseconds since the epoch; the column keeps microseconds.
             f"{p}timestamp": pc.divide(pa.array(batch.times, pa.int64()), 1000).cast(
@@ -586,11 +648,11 @@ class NatsSource(Source):
         if cfg.headers:
             header_type = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
             metadata[f"{p}headers"] = pa.array(
-                [[{"key": k, "value": v} for k, v in (m.headers or {}).items()] for m in msgs],
+                [[{"key": k, "value": v} for k, v in (h or {}).items()] for h in batch.headers],
                 header_type,
             )
         data, rejected = assemble(self._decoder, messages, metadata, self.dataset)
-        description = f"{len(msgs):,} message(s), sequence {seqs[0]}–{seqs[-1]}"
+        description = f"{len(batch):,} message(s), sequence {seqs[0]}–{seqs[-1]}"
         if rejected is not None:
             description += f", {rejected.num_rows:,} dead letter(s)"
-        return SourceBatch(data, state, description, units=len(msgs), rejected=rejected)
+        return SourceBatch(data, state, description, units=len(batch), rejected=rejected)
