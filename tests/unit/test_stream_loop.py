@@ -213,6 +213,34 @@ def test_cli_available_now_json(tmp_path: Path) -> None:
     assert totals["flows"][0]["rows_out"] == 3 and totals["flows"][0]["done"]
 
 
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "pipe"])
+def test_cli_shows_a_live_table_in_a_terminal_and_lines_in_a_pipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, terminal: bool
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from lakeforge.cli import stream as stream_cli
+
+    screen = Console(file=io.StringIO(), force_terminal=terminal, width=220, record=True)
+    monkeypatch.setattr(stream_cli, "err_console", screen)
+    root = make_project(tmp_path)
+    land(root, "a.ndjson", 1, 2, 3)
+    result = CliRunner().invoke(app, ["-C", str(root), "stream", "--available-now"])
+    assert result.exit_code == 0, result.output
+    shown = screen.export_text()
+    if terminal:  # one table, refreshed in place, left on the screen at the end
+        assert "lakeforge stream" in shown and "✓ events" not in shown
+        row = next(line for line in shown.splitlines() if line.startswith("│ events"))
+        cells = [c.strip() for c in row.strip("│ ").split("│")]
+        assert cells[:5] == ["events", "available_now", "1", "3", "3"]
+        assert cells[-1] == "done"
+    else:  # a line per micro-batch, then the summary table on stdout
+        assert "✓ events: 3 in, 3 out, 1 batch(es)" in shown
+        assert "events" in result.stdout and "done" in result.stdout
+
+
 @pytest.mark.slow
 def test_sigterm_stops_a_running_stream_gracefully(tmp_path: Path) -> None:
     root = make_project(tmp_path, trigger="0.2s")
