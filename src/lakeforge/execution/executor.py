@@ -205,6 +205,10 @@ class Runner:
                 if not _waits_for(pending, dep, n):
                     pending[n].add(dep)
         results: dict[str, TaskResult] = {}
+        if len(names) == 1:
+            # Nothing to run beside it: in this thread, which keeps what its sessions hold
+            # (a stream's micro-batches reuse their open tables and DuckDB connection).
+            return {names[0]: self._task(run_id, started, names[0], full_refresh, opts)}
         workers = threads or self.project.config.threads or 4
         with ThreadPoolExecutor(
             max_workers=max(1, workers), thread_name_prefix="lakeforge"

@@ -1,9 +1,10 @@
 """Messages of a broker → one batch's records and dead letters, with per-message metadata.
 
-A broker source (Kafka, NATS, Redis Streams, MQTT) has, for each message, its payload (or why it has none
-to decode: an entry deleted from its stream, a missing payload field) and metadata (stream
-and entry id, topic, arrival time). :func:`assemble` decodes the payloads with the source's
-:class:`~lakeforge.sources.payloads.PayloadDecoder`, joins each decoded record to its
+A broker source (Kafka, NATS, Redis Streams, MQTT) has, for each message, its payload (or
+why it has none to decode: an entry deleted from its stream, a missing payload field) and
+metadata (stream and entry id, topic, arrival time). :func:`assemble` decodes the payloads
+with the source's :class:`~lakeforge.sources.payloads.PayloadDecoder`, joins each decoded
+record to its
 message's metadata columns, and turns every message that cannot be read into a dead letter
 that names where it came from (``origin`` → ``source_file``, ``position`` → ``line``, and a
 ``label`` such as ``entry 1732000000000-3`` in front of the error, for positions that the

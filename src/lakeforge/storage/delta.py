@@ -248,11 +248,16 @@ class DeltaStore:
     def open(self, dataset: str, version: int | str | datetime | None = None) -> DeltaTable:
         """Open a table, optionally at a version or timestamp (time travel).
 
-        The newest snapshot (no ``version``) is this thread's cached table (see the class),
-        shared by the callers of this thread: it must not be moved to another version.
+        The newest snapshot (no ``version``, or the newest's number, in a session) is the
+        thread's cached table (see the class), shared by the callers of this thread: it must
+        not be moved to another version.
         """
         if version is None:
             return self._latest(dataset)
+        if isinstance(version, int) and "tables" in self._local.__dict__:
+            latest = self._latest(dataset)
+            if latest.version() == version:  # the pinned version is the newest: that table
+                return latest
         table = self._open(dataset)
         try:
             table.load_as_version(version)

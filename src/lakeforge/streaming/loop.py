@@ -146,7 +146,10 @@ class StreamLoop:
         """Loop until ``stop`` is set or every flow is done; returns the flows' progress."""
         self.compactor.start()
         try:
-            self._loop(stop)
+            # Across micro-batches: tables are brought up to date from their log rather than
+            # opened again, and a flow's DuckDB connection is kept (see DeltaStore).
+            with self.runner.store.session(), self.runner.engine.session():
+                self._loop(stop)
         finally:
             self.compactor.stop()  # finishes the compaction in progress
             for name, stats in self.compactor.stats.items():
