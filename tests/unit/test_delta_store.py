@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -240,3 +241,27 @@ def test_vacuum_refuses_short_retention_unless_allowed(store: DeltaStore) -> Non
     deleted = vacuum(store, "t", retain=timedelta(0), allow_short_retention=True)
     assert sorted(deleted) == sorted(planned)
     assert len(rows(store)) == 6
+
+
+def test_a_session_keeps_open_tables_and_sees_every_writers_commits(tmp_path: Path) -> None:
+    """Within a session a table is opened once and brought up to date — by this store's
+    writes and by another writer's — and a pinned version that is the newest is that
+    table; outside one every call opens the table."""
+    import pyarrow as pa
+
+    store, other = DeltaStore(str(tmp_path)), DeltaStore(str(tmp_path))
+    rows = pa.table({"id": [1]})
+    info = CommitInfo(run_id="r", dataset="t", fingerprint="f", batch=1)
+    store.write("t", rows, info, mode="append")
+    assert store.open("t") is not store.open("t")  # no session: opened each time
+    with store.session():
+        first = store.open("t")
+        assert store.open("t") is first and store.open("t", 0) is first
+        version = other.write("t", rows, dataclasses.replace(info, batch=2), mode="append")
+        assert store.version("t") == version == 1  # another writer's commit is seen
+        assert store.open("t") is first and store.open("t", 0) is not first  # 0: time travel
+        assert store.write("t", rows, dataclasses.replace(info, batch=3), mode="append") == 2
+        assert store.committed_batch("t") == 3 and store.read("t").to_table().num_rows == 3
+        with store.session():  # nested: the same cache
+            assert store.open("t") is first
+    assert store.open("t") is not first

@@ -225,7 +225,7 @@ class DeltaStore:
         if tables is None:
             return self._open(dataset)
         table = tables.pop(dataset, None)
-        if table is not None:
+        if table is not None and self._may_have_moved(dataset, table):
             try:
                 table.update_incremental()
             except Exception:  # e.g. deleted meanwhile: opening it again says what is wrong
@@ -237,12 +237,25 @@ class DeltaStore:
             tables.popitem(last=False)
         return table
 
+    def _may_have_moved(self, dataset: str, table: DeltaTable) -> bool:
+        """Whether a commit may follow the cached snapshot. Versions are contiguous and each
+        commit writes its own ``<version>.json``: on a local disk, one stat says whether the
+        next exists (bringing a table up to date lists its whole log folder, which a
+        stream's commits grow by thousands of files a day). Elsewhere: assume it may."""
+        if "://" in self.root:
+            return True
+        log = f"{self.uri(dataset)}/_delta_log/{table.version() + 1:020d}.json"
+        return os.path.exists(log)
+
     def uri(self, dataset: str) -> str:
         return f"{self.root}/{dataset}"
 
     def exists(self, dataset: str) -> bool:
         from deltalake import DeltaTable
 
+        tables = self._local.__dict__.get("tables")
+        if tables is not None and dataset in tables:
+            return True  # open in this session (a table is not deleted under a task)
         return bool(DeltaTable.is_deltatable(self.uri(dataset), self.storage_options))
 
     def open(self, dataset: str, version: int | str | datetime | None = None) -> DeltaTable:
