@@ -90,3 +90,12 @@ def test_credentials_come_from_what_nats_py_connected_with() -> None:
     Url.username, Url.password = "u", "p"
     assert wire_credentials(Url(), {}) == {"user": "u", "pass": "p"}
     assert wire_credentials(Url(), {"user_credentials": "x.creds"}) is None  # nats-py's path
+
+
+def test_a_connection_failure_between_two_pulls_fails_the_next_one() -> None:
+    import asyncio
+
+    wire = Recorder()
+    wire._fail(TransientSourceError("ds: NATS closed the message connection: x", dataset="ds"))
+    with pytest.raises(TransientSourceError, match="closed the message connection"):
+        asyncio.run(wire.pull(10, timeout=0.1))

@@ -588,6 +588,12 @@ class NatsSource(Source):
                         done = True  # the server sent nothing: the rest is for the next run
                         break
                     done = got.ended
+                    if got.seqs and min(got.seqs) > read:
+                        # Nothing redelivered: the whole pull joins the batch.
+                        batch.extend(got)
+                        read = max(got.seqs)
+                        done = done or 0 in got.pending or read >= end
+                        continue
                     for i, seq in enumerate(got.seqs):
                         if seq <= read:
                             # Redelivered: committed already (acked and skipped), or in the

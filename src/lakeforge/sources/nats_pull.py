@@ -76,6 +76,16 @@ class Pulled:
         self.times.append(at)
         self.pending.append(pending)
 
+    def extend(self, other: Pulled) -> None:
+        """Append all of ``other``'s messages."""
+        self.payloads += other.payloads
+        self.subjects += other.subjects
+        self.replies += other.replies
+        self.headers += other.headers
+        self.seqs += other.seqs
+        self.times += other.times
+        self.pending += other.pending
+
 
 def ack_metadata(reply: str) -> tuple[int, int, int, int] | None:
     """(stream sequence, delivery number, store time ns, pending) from a JetStream ack
@@ -120,6 +130,8 @@ class PullRequests:
     async def pull(self, count: int, timeout: float) -> Pulled:
         """Up to ``count`` messages available now. Raises TimeoutError when the server sent
         nothing for ``timeout`` seconds before the request ended."""
+        if self._failure is not None:  # the connection failed between two requests
+            raise self._failure
         self._requests += 1
         self._reply = f"{self._inbox}.{self._requests}"
         self._want = count

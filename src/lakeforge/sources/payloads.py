@@ -48,9 +48,8 @@ _CONFLUENT_MAGIC = 0
 # at least this size; what it reads differently from the one-by-one path is declined.
 _BLOCK_MIN = 32
 _BLOCK_BYTES = 1 << 20
-_BLOCK_DECLINES = (b"NaN", b"Infinity", b"\xef\xbb\xbf")
-_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_LONG_INTEGER = b"0" * 19
+_BOM = b"\xef\xbb\xbf"
+_INT64_END = 2.0**63
 
 
 class PayloadConfig(BaseModel):
@@ -275,10 +274,12 @@ def _json_block(payloads: Sequence[bytes | None]) -> pa.Table | None:
     payload is one line holding one document, and where its reading is the same:
 
     - a payload with a newline (a pretty-printed document: one line each is needed), empty
-      or blank (a dead letter), or holding ``NaN``/``Infinity`` or a byte-order mark (the
-      block reader takes them, standard JSON does not): declined;
-    - an integer of 19 digits or more may not fit an int64: the block reader would make it
-      a float silently, the one-by-one path widens it. Declined;
+      or blank (a dead letter), or starting with a byte-order mark (the block reader takes
+      it, orjson does not): declined;
+    - a float that is NaN or infinite (the block reader takes the ``NaN``/``Infinity``
+      literals, standard JSON has none), or of magnitude 2**63 or more (an integer too big
+      for int64, which the block reader makes a float silently and the one-by-one path
+      widens): declined, after the read;
     - a document that is not an object, a syntax error, a type that changes between
       documents: the block reader fails, and the one-by-one path finds the bad messages;
     - a string the block reader takes for a timestamp stays text, as it is one by one:
@@ -295,9 +296,7 @@ def _json_block(payloads: Sequence[bytes | None]) -> pa.Table | None:
     text = b"\n".join(payloads)  # type: ignore[arg-type]  # None declined above
     if text.count(b"\n") != len(payloads) - 1:
         return None
-    if any(word in text for word in _BLOCK_DECLINES):
-        return None
-    if _LONG_INTEGER in text.translate(_DIGITS_TO_ZERO):
+    if text.startswith(_BOM) or b"\n" + _BOM in text:
         return None
     widest = max(map(len, payloads))  # type: ignore[arg-type]
     options = pajson.ReadOptions(block_size=max(_BLOCK_BYTES, 2 * widest + 2))
@@ -312,7 +311,28 @@ def _json_block(payloads: Sequence[bytes | None]) -> pa.Table | None:
         return None
     if table.num_rows != len(payloads):
         return None
+    if not all(_json_floats(column) for column in table.columns):
+        return None
     return _typed_nulls(table)
+
+
+def _json_floats(column: Any) -> bool:
+    """Whether the float values in ``column`` (nested ones too) are all ones a JSON number
+    gives one by one: not NaN, not infinite, of magnitude under 2**63 (see _json_block)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if pa.types.is_floating(kind):
+        if column.null_count == len(column):
+            return True
+        odd = pc.or_(pc.is_nan(column), pc.greater_equal(pc.abs(column), _INT64_END))
+        return not pc.any(odd).as_py()  # an infinity's magnitude is over 2**63 too
+    if pa.types.is_struct(kind):
+        return all(_json_floats(field) for field in column.flatten())
+    if pa.types.is_list(kind):
+        return _json_floats(pc.list_flatten(column))
+    return True
 
 
 def _has_timestamp(t: Any) -> bool:
