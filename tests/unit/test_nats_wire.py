@@ -85,6 +85,12 @@ def test_credentials_come_from_what_nats_py_connected_with() -> None:
     assert wire_credentials(Url(), {}) == {}
     assert wire_credentials(Url(), {"user": "u", "password": "p"}) == {"user": "u", "pass": "p"}
     assert wire_credentials(Url(), {"token": "t"}) == {"auth_token": "t"}
+    # A user without a password is not sent (as nats-py does): the URL or nothing counts.
+    assert wire_credentials(Url(), {"user": "u"}) == {}
+    assert wire_credentials(Url(), {"user": "u", "password": "p", "token": "t"}) == {
+        "user": "u",
+        "pass": "p",
+    }
     Url.username, Url.password = "tok", None  # nats://tok@host: a token
     assert wire_credentials(Url(), {}) == {"auth_token": "tok"}
     Url.username, Url.password = "u", "p"

@@ -23,6 +23,7 @@ consumer has no other reader, so a gap in those numbers is an error, never a bat
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import dataclasses
 from typing import Any
@@ -101,7 +102,7 @@ def ack_metadata(reply: str) -> tuple[int, int, int, int] | None:
     return int(tokens[at + 1]), int(tokens[at + 2]), int(tokens[at + 3]), int(tokens[at + 4])
 
 
-class PullRequests:
+class PullRequests(abc.ABC):
     """Pull requests of one durable consumer, one at a time: what the connection delivers
     is handed to :meth:`_accept` / :meth:`_status`; subclasses send and receive."""
 
@@ -118,14 +119,17 @@ class PullRequests:
         self._failure: SourceError | None = None
         self._delivery: int | None = None  # the last delivery number seen
 
+    @abc.abstractmethod
     async def start(self) -> None:
-        raise NotImplementedError
+        """Subscribe to the inbox (and connect, for a connection of its own)."""
 
+    @abc.abstractmethod
     async def stop(self) -> None:
-        raise NotImplementedError
+        """Unsubscribe (and close what start() opened)."""
 
+    @abc.abstractmethod
     async def _send(self, subject: str, payload: bytes, reply: str) -> None:
-        raise NotImplementedError
+        """Publish one request."""
 
     async def pull(self, count: int, timeout: float) -> Pulled:
         """Up to ``count`` messages available now. Raises TimeoutError when the server sent

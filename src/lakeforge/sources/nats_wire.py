@@ -237,17 +237,20 @@ def wire_credentials(connected_url: Any, options: dict[str, Any]) -> dict[str, s
     when the wire reader cannot authenticate that way (a creds file)."""
     if options.get("user_credentials") is not None:
         return None
-    credentials: dict[str, str] = {}
-    user = options.get("user") or getattr(connected_url, "username", None)
-    password = options.get("password") or getattr(connected_url, "password", None)
-    token = options.get("token")
-    if user and password is not None:
-        credentials.update(user=user, **{"pass": password})
-    elif user and not password:  # nats://TOKEN@host: a token in the URL's user part
-        credentials["auth_token"] = user
-    if token:
-        credentials["auth_token"] = token
-    return credentials
+    # nats-py's order: user and password given, else a token, else the server URL's
+    # user part (with a password: user and password; without: a token).
+    user, password = options.get("user"), options.get("password")
+    if user is not None and password is not None:
+        return {"user": user, "pass": password}
+    if options.get("token") is not None:
+        return {"auth_token": options["token"]}
+    url_user = getattr(connected_url, "username", None)
+    if url_user is None:
+        return {}
+    url_password = getattr(connected_url, "password", None)
+    if url_password is None:
+        return {"auth_token": url_user}
+    return {"user": url_user, "pass": url_password}
 
 
 __all__ = ["WirePuller", "WireUnsupported", "wire_credentials"]
