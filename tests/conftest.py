@@ -338,9 +338,13 @@ class JetStreamAdmin:
         self._loop.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def nats_jetstream() -> Iterator[JetStreamAdmin]:
-    """The NATS server with JetStream on 127.0.0.1:4222."""
+    """The NATS server with JetStream on 127.0.0.1:4222, on a connection of the test's own.
+
+    Not session-scoped: the admin's asyncio loop runs only inside ``run()``, so a
+    connection kept idle between tests answers no server PINGs, and after a few minutes
+    the server closes it as stale (the next test then timed out reconnecting)."""
 
     def probe() -> JetStreamAdmin:
         admin = JetStreamAdmin(NATS_URL)
