@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from lakeforge.sources.http_push import HttpPushConfig as http_push
     from lakeforge.sources.kafka import KafkaConfig as kafka
     from lakeforge.sources.mqtt import MqttConfig as mqtt
-    from lakeforge.sources.nats import NatsConfig as nats
+    from lakeforge.sources.nats_config import NatsConfig as nats
     from lakeforge.sources.postgres_cdc_config import PostgresCdcConfig as postgres_cdc
     from lakeforge.sources.redis_streams import RedisStreamsConfig as redis_streams
     from lakeforge.sources.rest import RestConfig as rest
@@ -60,7 +60,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "mqtt": ("lakeforge.sources.mqtt", "MqttConfig"),
     "kafka": ("lakeforge.sources.kafka", "KafkaConfig"),
     "http_push": ("lakeforge.sources.http_push", "HttpPushConfig"),
-    "nats": ("lakeforge.sources.nats", "NatsConfig"),
+    "nats": ("lakeforge.sources.nats_config", "NatsConfig"),
     "postgres_cdc": ("lakeforge.sources.postgres_cdc_config", "PostgresCdcConfig"),
     "sensor": ("lakeforge.scheduling.sensors", "sensor"),
     "RunRequest": ("lakeforge.scheduling.sensors", "RunRequest"),

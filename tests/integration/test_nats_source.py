@@ -23,7 +23,8 @@ from lakeforge.execution.executor import Runner
 from lakeforge.execution.results import RunResult
 from lakeforge.project.loader import load_project
 from lakeforge.sources import nats as nats_module
-from lakeforge.sources.nats import NatsConfig, NatsSource, Position
+from lakeforge.sources.nats import NatsSource, Position
+from lakeforge.sources.nats_config import NatsConfig
 from lakeforge.sources.nats_pull import Pulled, PullRequests
 from lakeforge.storage.delta import DeltaStore
 

@@ -43,7 +43,7 @@ from lakeforge.sources.files import FilesConfig
 from lakeforge.sources.http_push import HttpPushConfig
 from lakeforge.sources.kafka import KafkaConfig
 from lakeforge.sources.mqtt import MqttConfig
-from lakeforge.sources.nats import NatsConfig
+from lakeforge.sources.nats_config import NatsConfig
 from lakeforge.sources.postgres_cdc_config import PostgresCdcConfig
 from lakeforge.sources.redis_streams import RedisStreamsConfig
 from lakeforge.sources.rest import RestConfig
