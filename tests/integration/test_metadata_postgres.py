@@ -577,3 +577,44 @@ def test_threads_record_check_results_concurrently(fresh_store: MetadataStore) -
     assert len({c.id for c in results}) == len(results)
     for w in range(workers):
         assert len(fresh_store.list_check_results(run_id=f"run-{w}")) == batches * per_batch
+
+
+def test_upgrade_to_0007_fills_stream_ids_and_prunes_on_postgres(
+    postgres_database: Callable[[], str],
+) -> None:
+    from lakeforge.metadata.retention import Cutoffs, Pruned, prune_runs
+
+    url = postgres_database()
+    migrate(url, "upgrade", "0006")
+    runs = sa.table(
+        "lf_runs",
+        *(sa.column(c) for c in ("id", "project", "selection", "full_refresh", "status")),
+        sa.column("started_at", UTCDateTime()),
+        sa.column("options", JSONDocument),
+        sa.column("counts", JSONDocument),
+    )
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for i, options in enumerate(({"gate": True}, {"stream": "s-1"}, {"stream": "s-1"})):
+            conn.execute(
+                runs.insert().values(
+                    id=f"old-{i}", project="demo", selection=None, full_refresh=False,
+                    status="success", started_at=T0 + timedelta(hours=i), options=options,
+                    counts={},
+                )
+            )  # fmt: skip
+    engine.dispose()
+    with MetadataStore(url) as opened:
+        assert [(r.id, r.stream_id) for r in opened.list_runs()] == [
+            ("old-2", "s-1"),
+            ("old-1", "s-1"),
+            ("old-0", None),
+        ]
+        (stream,) = opened.list_streams()
+        assert (stream.micro_batches, stream.failed, stream.last.id) == (2, 0, "old-2")
+        assert stream.first_started_at == T0 + timedelta(hours=1)
+        cutoffs = Cutoffs(micro_batches=T0 + timedelta(hours=1, minutes=30))
+        assert prune_runs(opened, cutoffs, dry_run=True) == Pruned(1, 0, 0, dry_run=True)
+        assert prune_runs(opened, cutoffs) == Pruned(runs=1)
+        assert [r.id for r in opened.list_runs()] == ["old-2", "old-0"]
+    migrate(url, "downgrade", "0006")

@@ -824,3 +824,43 @@ def test_threads_record_check_results_concurrently(store: MetadataStore) -> None
         assert store.metric_history(f"d{w}", f"c{per_batch - 1}", limit=batches) == [
             float(b) for b in reversed(range(batches))
         ]
+
+
+def seed_runs_before_0007(url: str) -> None:
+    """Two runs in the 0006 schema: one a stream's micro-batch (``options.stream``)."""
+    runs = sa.table(
+        "lf_runs",
+        *(sa.column(c) for c in ("id", "project", "selection", "full_refresh", "status")),
+        sa.column("started_at", UTCDateTime()),
+        sa.column("options", JSONDocument),
+        sa.column("counts", JSONDocument),
+    )
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for i, options in enumerate(({"gate": True}, {"gate": True, "stream": "s-1"})):
+            conn.execute(
+                runs.insert().values(
+                    id=f"old-{i}", project="demo", selection=None, full_refresh=False,
+                    status="success", started_at=T0 + timedelta(hours=i), options=options,
+                    counts={},
+                )
+            )  # fmt: skip
+    engine.dispose()
+
+
+def test_upgrade_to_0007_fills_stream_ids_from_the_options(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'metadata.db'}"
+    migrate(db_url, "upgrade", "0006")
+    seed_runs_before_0007(db_url)
+    with MetadataStore(db_url) as opened:
+        assert [(r.id, r.stream_id) for r in opened.list_runs()] == [
+            ("old-1", "s-1"),
+            ("old-0", None),
+        ]
+        (stream,) = opened.list_streams()
+        assert (stream.stream_id, stream.micro_batches, stream.last.id) == ("s-1", 1, "old-1")
+    migrate(db_url, "downgrade", "0006")
+    engine = create_engine(db_url)
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("lf_runs")}
+    engine.dispose()
+    assert "stream_id" not in columns and "options" in columns

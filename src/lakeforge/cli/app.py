@@ -82,13 +82,14 @@ def _register() -> None:
         plan,
         queue,
         run,
+        runs,
         schedule,
         sources,
         stream,
     )
 
     modules = (init, run, plan, queue, explore, sources, dlq, checks, contract, maintenance)
-    for module in (*modules, stream, schedule, freshness, alerts, cdc):
+    for module in (*modules, runs, stream, schedule, freshness, alerts, cdc):
         module.register(app)
 
 

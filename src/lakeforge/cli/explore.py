@@ -178,6 +178,9 @@ def history(
         None, help="A dataset: its Delta versions. None: recent runs."
     ),
     limit: int = typer.Option(20, "--limit", "-n", min=1, help="Entries to show."),
+    stream: str | None = typer.Option(
+        None, "--stream", help="Without a dataset: the micro-batch runs of this stream."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a dataset's versions (with the run that wrote each), or recent runs."""
@@ -185,27 +188,12 @@ def history(
 
     project, store = _open(ctx)
     if dataset is None:
-        from lakeforge.metadata.store import MetadataStore
+        from lakeforge.cli.runs import show_runs
 
-        runs = MetadataStore(project.metadata_url).list_runs(limit)
-        if as_json:
-            print_json([{k: v for k, v in vars(r).items() if k != "tasks"} for r in runs])
-            return
-        table = Table(title="runs", title_justify="left")
-        for col in ("run", "status", "started", "duration", "selection", "error"):
-            table.add_column(col)
-        for r in runs:
-            dur = f"{(r.finished_at - r.started_at).total_seconds():.1f}s" if r.finished_at else ""
-            table.add_row(
-                r.id,
-                r.status,
-                r.started_at.isoformat(timespec="seconds"),
-                dur,
-                r.selection or "all",
-                r.error or "",
-            )
-        console.print(table)
+        show_runs(project, limit, stream, as_json)
         return
+    if stream is not None:
+        raise typer.BadParameter("lists runs: give it without a dataset", param_hint="--stream")
     _lookup(project, dataset)
     entries = store.history(dataset, limit)
     rows: list[dict[str, Any]] = []

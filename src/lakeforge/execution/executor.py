@@ -89,6 +89,9 @@ class Runner:
         # What time it is for partitions (only complete intervals are built); tests set it.
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.ledger = IntervalLedger(self.metadata)
+        from lakeforge.metadata.retention import RetentionKeeper
+
+        self.retention = RetentionKeeper(self.metadata, project.config.retention)
 
     def plan(
         self,
@@ -171,6 +174,7 @@ class Runner:
             from lakeforge.scheduling.alerts import notify_run
 
             notify_run(self.project, self.metadata, result)
+        self.retention.after_run()  # never raises; at most every few minutes
         return result
 
     def _planned(self, a: Assessment, at: datetime) -> TaskResult:

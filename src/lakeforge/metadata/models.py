@@ -97,6 +97,7 @@ class Run(Base):
     """One execution of a selection of the dataset graph."""
 
     __tablename__ = "lf_runs"
+    __table_args__ = (Index("ix_lf_runs_stream_id_started_at", "stream_id", "started_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     project: Mapped[str] = mapped_column(String(255))
@@ -108,6 +109,9 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     counts: Mapped[dict[str, int]] = mapped_column(default=dict)
+    # The `lakeforge stream` this run is a micro-batch of (None: any other run); indexed so
+    # that history can fold a stream's micro-batches and retention can prune them.
+    stream_id: Mapped[str | None] = mapped_column(String(64))
 
     tasks: Mapped[list[Task]] = relationship(
         back_populates="run", order_by="Task.id", cascade="all, delete-orphan"
@@ -449,6 +453,7 @@ class RunRecord:
         finished_at: when it finished (UTC); ``None`` while running.
         error: run-level error message.
         options: run options, e.g. ``{"no_gate": False}``.
+        stream_id: the ``lakeforge stream`` the run is a micro-batch of, if any.
         tasks: the run's tasks in start order (filled by ``get_run``/``latest_run`` only).
         counts: number of tasks per status, computed when the run finishes.
     """
@@ -462,6 +467,7 @@ class RunRecord:
     finished_at: datetime | None
     error: str | None
     options: dict[str, Any]
+    stream_id: str | None = None
     tasks: list[TaskRecord] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -478,6 +484,26 @@ class RunRecord:
             finished_at=run.finished_at,
             error=run.error,
             options=dict(run.options or {}),
+            stream_id=run.stream_id,
             tasks=[TaskRecord.of(task) for task in run.tasks] if with_tasks else [],
             counts=dict(run.counts or {}),
         )
+
+
+@dataclass
+class StreamSummary:
+    """The micro-batch runs one ``lakeforge stream`` recorded, folded into one entry.
+
+    Attributes:
+        stream_id: the stream's id (in its runs' options and ``stream_id``).
+        micro_batches: its runs still in the store (retention prunes old ones).
+        failed: how many of them failed.
+        first_started_at: when the oldest of them started.
+        last: the newest of them.
+    """
+
+    stream_id: str
+    micro_batches: int
+    failed: int
+    first_started_at: datetime
+    last: RunRecord

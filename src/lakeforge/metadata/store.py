@@ -24,6 +24,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     String,
+    case,
     create_engine,
     event,
     func,
@@ -51,6 +52,7 @@ from lakeforge.metadata.models import (
     CheckResultRow,
     Run,
     RunRecord,
+    StreamSummary,
     Task,
     TaskRecord,
 )
@@ -152,6 +154,7 @@ class MetadataStore:
             started_at=started_at,
             options=dict(options or {}),
             counts={},
+            stream_id=(options or {}).get("stream"),
         )
         try:
             with self._session(write=True) as session:
@@ -318,13 +321,60 @@ class MetadataStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def list_runs(self, limit: int = 20) -> list[RunRecord]:
-        """Return the newest ``limit`` runs, newest first, without their tasks."""
+    def list_runs(
+        self, limit: int = 20, *, stream_id: str | None = None, micro_batches: bool = True
+    ) -> list[RunRecord]:
+        """Return the newest ``limit`` runs, newest first, without their tasks.
+
+        Args:
+            limit: at most this many runs.
+            stream_id: only the micro-batch runs of this ``lakeforge stream``.
+            micro_batches: False: leave out every stream's micro-batch runs.
+        """
+        query = select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)
+        if stream_id is not None:
+            query = query.where(Run.stream_id == stream_id)
+        elif not micro_batches:
+            query = query.where(Run.stream_id.is_(None))
         with self._session() as session:
-            runs = session.scalars(
-                select(Run).order_by(Run.started_at.desc(), Run.id.desc()).limit(limit)
-            ).all()
-            return [RunRecord.of(run, with_tasks=False) for run in runs]
+            return [RunRecord.of(run, with_tasks=False) for run in session.scalars(query)]
+
+    def list_streams(self, limit: int = 20) -> list[StreamSummary]:
+        """Return the ``lakeforge stream`` runs' streams, the latest active first: how many
+        micro-batch runs each recorded (and still holds), how many failed, and its last one."""
+        last = func.max(Run.started_at).label("last")
+        groups = (
+            select(
+                Run.stream_id,
+                func.count().label("n"),
+                func.min(Run.started_at).label("first"),
+                last,
+                func.sum(case((Run.status == "failed", 1), else_=0)).label("failed"),
+            )
+            .where(Run.stream_id.is_not(None))
+            .group_by(Run.stream_id)
+            .order_by(last.desc())
+            .limit(limit)
+        )
+        with self._session() as session:
+            summaries = []
+            for stream_id, n, first, _last, failed in session.execute(groups).all():
+                newest = session.scalars(
+                    select(Run)
+                    .where(Run.stream_id == stream_id)
+                    .order_by(Run.started_at.desc(), Run.id.desc())
+                    .limit(1)
+                ).one()
+                summaries.append(
+                    StreamSummary(
+                        stream_id=str(stream_id),
+                        micro_batches=int(n),
+                        failed=int(failed or 0),
+                        first_started_at=first,
+                        last=RunRecord.of(newest, with_tasks=False),
+                    )
+                )
+            return summaries
 
     def get_run(self, run_id: str) -> RunRecord:
         """Return one run with its tasks.

@@ -46,6 +46,25 @@ class QualityConfig(BaseModel):
     on_violation: Literal["warn", "drop", "quarantine", "fail"] | None = None
 
 
+class RetentionConfig(BaseModel):
+    """How long the metadata store keeps run history (``retention:`` in lakeforge.yml).
+
+    A pruned run goes with its tasks and check results; a run still running, and a run the
+    interval ledger names as the last build of a partition, are kept whatever their age.
+    Delta tables, their versions and the interval ledger are not touched.
+
+    Attributes:
+        runs: delete runs that started longer ago than this (``90d``); default: keep them.
+        micro_batches: delete the micro-batch runs of ``lakeforge stream`` that started
+            longer ago than this (default ``7d``; ``null``: keep them).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs: Duration | None = None
+    micro_batches: Duration | None = "7d"
+
+
 class ProjectConfig(BaseModel):
     """The contents of ``lakeforge.yml``.
 
@@ -64,6 +83,7 @@ class ProjectConfig(BaseModel):
             a pool named ``tag:<t>`` takes the scheduled runs selecting a dataset tagged t.
         schedules: cron schedules that queue runs (docs/scheduling.md).
         sensors: file, upstream-change and Python sensors that queue runs.
+        retention: how long run history is kept (docs/runs.md#retention).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -81,6 +101,7 @@ class ProjectConfig(BaseModel):
     pools: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     schedules: Schedules = Field(default_factory=list)
     sensors: Sensors = Field(default_factory=list)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
 def load_config(root: Path) -> ProjectConfig:
