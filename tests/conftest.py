@@ -309,7 +309,7 @@ class JetStreamAdmin:
     """A synchronous handle on the NATS server (nats-py is asyncio: it runs in a loop of
     its own): streams, publishing, consumer info."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, **options: Any) -> None:
         import asyncio
 
         import nats
@@ -318,7 +318,7 @@ class JetStreamAdmin:
         self._loop = asyncio.new_event_loop()
         # (max_reconnect_attempts=0 would retry the first connect forever)
         connect = nats.connect(
-            url, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2
+            url, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2, **options
         )
         self.nc = self.run(asyncio.wait_for(connect, 10))
         self.js = self.nc.jetstream(timeout=5)
@@ -477,3 +477,58 @@ def postgres_logical() -> Iterator[LogicalPostgres]:
         timeout=60,
     )  # fmt: skip
     shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+# -- TLS certificates ---------------------------------------------------------------------
+
+
+class TlsFiles:
+    """PEM files of a test certificate authority, a server certificate it signed (for
+    ``localhost`` and ``127.0.0.1``), a client certificate it signed, and a certificate of
+    another authority (trusted by nothing)."""
+
+    def __init__(self, root: Any) -> None:
+        self.root = root
+        self.ca = root / "ca.pem"
+        self.server_cert = root / "server.pem"
+        self.server_key = root / "server-key.pem"
+        self.client_cert = root / "client.pem"
+        self.client_key = root / "client-key.pem"
+        self.other_ca = root / "other-ca.pem"
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """Certificates made with the openssl command line for this session (EC P-256, valid
+    two days)."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    require_service("the openssl command", lambda: openssl is not None)
+    files = TlsFiles(tmp_path_factory.mktemp("tls"))
+    root = files.root
+
+    def sh(*args: str) -> None:
+        subprocess.run([str(openssl), *args], check=True, capture_output=True, cwd=root)
+
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    for name in ("ca", "other-ca"):
+        sh("req", "-x509", *key, "-keyout", f"{name}-key.pem", "-out", f"{name}.pem",
+           "-days", "2", "-subj", f"/CN=Lakeforge test {name}",
+           "-addext", "basicConstraints=critical,CA:TRUE",
+           "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    for name, usage, san in (
+        ("server", "serverAuth", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ("client", "clientAuth", "subjectAltName=DNS:lakeforge-client"),
+    ):
+        (root / f"{name}.ext").write_text(
+            f"{san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+        )
+        sh("req", *key, "-keyout", f"{name}-key.pem", "-out", f"{name}.csr",
+           "-subj", f"/CN={name}")  # fmt: skip
+        sh("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+           "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+           "-extfile", f"{name}.ext")  # fmt: skip
+    return files

@@ -5,7 +5,10 @@ commit, and messages delivered again after a crash skipped (committed) or read (
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from conftest import TlsFiles, require_service
 from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.execution.executor import Runner
 from lakeforge.execution.results import RunResult
@@ -31,10 +35,14 @@ DATASET = "raw"
 class Publisher:
     """A QoS 1 publisher; ``publish`` returns once the broker has the message."""
 
-    def __init__(self, host: str, port: int, client_id: str) -> None:
+    def __init__(
+        self, host: str, port: int, client_id: str, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
+        if tls is not None:
+            self.client.tls_set_context(tls)
         self.client.connect(host, port)
         self.client.loop_start()
 
@@ -380,3 +388,92 @@ def test_configuration_errors() -> None:
             MqttConfig("a", client_id="x", username="u", password_env="MQTT_PW_UNSET_XYZ"),
         )
         list(source.batches(source.recover([])))
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path: Path, tls_files: TlsFiles) -> Iterator[Any]:
+    """Start Mosquitto brokers with a TLS listener; ``start(require_certificate) -> port``."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    require_service("the mosquitto binary", lambda: Path(binary).exists())
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(require_certificate: bool) -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        conf = tmp_path / f"mosquitto-{port}.conf"
+        conf.write_text(
+            "user root\npersistence false\nallow_anonymous true\n"
+            f"listener {port} 127.0.0.1\n"
+            f"cafile {tls_files.ca}\ncertfile {tls_files.server_cert}\n"
+            f"keyfile {tls_files.server_key}\n"
+            f"require_certificate {str(require_certificate).lower()}\n"
+        )
+        proc = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        started.append(proc)
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return port
+            assert proc.poll() is None, "mosquitto exited"
+            assert time.monotonic() < deadline, "mosquitto did not listen within 10 s"
+            time.sleep(0.05)
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_tls_with_a_private_ca_and_mutual_tls(
+    tmp_path: Path, mosquitto_tls: Any, tls_files: TlsFiles, mqtt_names: str
+) -> None:
+    f = tls_files
+    for mutual in (False, True):
+        port = mosquitto_tls(mutual)
+        context = ssl.create_default_context(cafile=str(f.ca))
+        if mutual:
+            context.load_cert_chain(str(f.client_cert), str(f.client_key))
+        tls: dict[str, Any] = {"ca_file": str(f.ca)}
+        if mutual:
+            tls.update(cert_file=str(f.client_cert), key_file=str(f.client_key))
+        root = project(
+            tmp_path / f"p-{mutual}", header(mqtt_names, host="localhost", port=port, tls=tls)
+        )
+        run(root)  # creates the session
+        publisher = Publisher("localhost", port, f"{mqtt_names}-pub", tls=context)
+        try:
+            publisher.publish(f"{mqtt_names}/dev1/telemetry", *({"id": i} for i in range(3)))
+        finally:
+            publisher.close()
+        run(root)
+        assert sorted(r["id"] for r in rows(root)) == [0, 1, 2], mutual
+
+
+def test_tls_failures_say_what_to_fix(
+    tmp_path: Path, mosquitto_tls: Any, tls_files: TlsFiles, mqtt_names: str
+) -> None:
+    f = tls_files
+    plain, mutual = mosquitto_tls(False), mosquitto_tls(True)
+
+    def failure(name: str, port: int, tls: Any) -> str:
+        root = project(tmp_path / name, header(mqtt_names, port=port, tls=tls, timeout=2))
+        result = Runner(load_project(root)).run()
+        assert not result.ok
+        error = result.tasks[0].error
+        return f"{error} {getattr(error, 'hint', '')}"
+
+    message = failure("a", plain, {"ca_file": str(f.other_ca)})
+    assert "(TLS) is not reachable" in message and "certificate is not trusted" in message
+    message = failure("b", plain, True)  # the system's CAs
+    assert "certificate is not trusted" in message
+    message = failure("c", mutual, {"ca_file": str(f.ca)})
+    assert "client certificate" in message
+    message = failure("d", plain, {"ca_file": "nowhere/ca.pem"})
+    assert "tls: ca_file nowhere/ca.pem does not exist" in message

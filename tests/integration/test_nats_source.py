@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import JetStreamAdmin, require_service
+from conftest import NATS_URL, JetStreamAdmin, TlsFiles, require_service
 from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.execution.executor import Runner
 from lakeforge.execution.results import RunResult
@@ -468,7 +468,7 @@ def spy_pullers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.fixture(params=["wire", "nats-py"])
 def message_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Run a test over each message path; ``nats-py`` is what a creds file or TLS gets."""
+    """Run a test over each message path; ``nats-py`` is what a creds file gets."""
     if request.param == "nats-py":
         monkeypatch.setattr(nats_module, "wire_credentials", lambda url, options: None)
     used = spy_pullers(monkeypatch)
@@ -497,7 +497,7 @@ def test_both_message_paths_read_headers_dead_letters_and_batches_alike(
 
 @pytest.fixture
 def nats_with_auth(tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """Start nats-server processes (JetStream on) that require credentials; yields a
+    """Start nats-server processes (JetStream on) with flags (credentials, TLS); yields a
     factory ``start(*flags) -> url``; the servers are stopped after the test."""
     binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
     require_service("the nats-server binary", lambda: Path(binary).exists())
@@ -561,3 +561,90 @@ def test_the_wire_reader_authenticates_as_nats_py_does(
         assert ids(root) == [0, 1, 2, 3] and used == ["WirePuller"]
     finally:
         admin.close()
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+def tls_admin(url: str, files: TlsFiles, *, client_cert: bool = False) -> JetStreamAdmin:
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(files.ca))
+    if client_cert:
+        context.load_cert_chain(str(files.client_cert), str(files.client_key))
+    return JetStreamAdmin(url, tls=context)
+
+
+def tls_project(root: Path, url: str, tls: str) -> Path:
+    return project(root, f"{{kind: nats, stream: SAFE, servers: '{url}', tls: {tls}}}")
+
+
+def test_tls_with_a_private_ca_and_mutual_tls_on_both_message_paths(
+    tmp_path: Path,
+    nats_with_auth: Callable[..., str],
+    tls_files: TlsFiles,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    f = tls_files
+    server = ("--tls", "--tlscert", str(f.server_cert), "--tlskey", str(f.server_key))
+    for mutual in (False, True):
+        flags = (*server, "--tlsverify", "--tlscacert", str(f.ca)) if mutual else server
+        url = nats_with_auth(*flags)
+        admin = tls_admin(url, f, client_cert=mutual)
+        try:
+            admin.run(admin.js.add_stream(name="SAFE", subjects=["SAFE.>"]))
+            publish(admin, "SAFE.x", *({"id": i, "v": "ü"} for i in range(5)))
+            client = f", cert_file: {f.client_cert}, key_file: {f.client_key}" if mutual else ""
+            for path in ("wire", "nats-py"):
+                root = tls_project(
+                    tmp_path / f"{mutual}-{path}", url, f"{{ca_file: {f.ca}{client}}}"
+                )
+                with monkeypatch.context() as m:
+                    if path == "nats-py":
+                        m.setattr(nats_module, "wire_credentials", lambda url, options: None)
+                    used = spy_pullers(m)
+                    run(root)
+                assert ids(root) == [0, 1, 2, 3, 4], (mutual, path)
+                assert used == ["WirePuller" if path == "wire" else "Puller"]
+                admin.run(admin.js.delete_consumer("SAFE", f"lakeforge_{DATASET}"))
+        finally:
+            admin.close()
+
+
+def test_tls_failures_say_what_to_fix(
+    tmp_path: Path, nats_with_auth: Callable[..., str], tls_files: TlsFiles
+) -> None:
+    f = tls_files
+    server = ("--tls", "--tlscert", str(f.server_cert), "--tlskey", str(f.server_key))
+    url = nats_with_auth(*server)
+    mutual_url = nats_with_auth(*server, "--tlsverify", "--tlscacert", str(f.ca))
+
+    def failure(root: Path) -> str:
+        result = Runner(load_project(root)).run()
+        assert not result.ok
+        error = result.tasks[0].error
+        return f"{error} {getattr(error, 'hint', '')}"
+
+    # The server's certificate is signed by a CA the source does not trust.
+    message = failure(tls_project(tmp_path / "a", url, f"{{ca_file: {f.other_ca}}}"))
+    assert "certificate is not trusted" in message and "ca_file" in message
+    message = failure(tls_project(tmp_path / "b", url, "true"))  # the system's CAs
+    assert "certificate is not trusted" in message
+    # The server wants a client certificate.
+    message = failure(tls_project(tmp_path / "c", mutual_url, f"{{ca_file: {f.ca}}}"))
+    assert "cannot connect to NATS" in message and "client certificate" in message
+    # tls: asked of a server that does not speak it: refused, never sent in the clear.
+    message = failure(tls_project(tmp_path / "d", NATS_URL, f"{{ca_file: {f.ca}}}"))
+    assert "does not require TLS" in message and "not be encrypted" in message
+    message = failure(tls_project(tmp_path / "e", url, "{ca_file: missing.pem}"))
+    assert "tls: ca_file missing.pem does not exist" in message
+    # verify: false accepts the certificate unchecked (a test bench).
+    admin = tls_admin(url, f)
+    try:
+        admin.run(admin.js.add_stream(name="SAFE", subjects=["SAFE.>"]))
+        publish(admin, "SAFE.x", {"id": 1})
+    finally:
+        admin.close()
+    root = tls_project(tmp_path / "f", url, "{verify: false}")
+    run(root)
+    assert ids(root) == [1]

@@ -5,7 +5,9 @@ recovery of entries committed but not acknowledged."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 
+from conftest import TlsFiles, require_service
 from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.execution.executor import Runner
 from lakeforge.execution.results import RunResult
@@ -420,3 +423,89 @@ def test_the_cli_shows_the_position(
     listed = cli.invoke(app, ["--project-dir", str(root), "sources", "--json"])
     (entry,) = json.loads(listed.output)
     assert (entry["consumed"], entry["pending"], entry["lag"]) == (2, 0, {stream: 0})
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_tls(tmp_path: Path, tls_files: TlsFiles) -> Iterator[Callable[[bool], int]]:
+    """Start redis-servers that speak only TLS; ``start(auth_clients) -> port``."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    require_service("the redis-server binary", lambda: Path(binary).exists())
+    started: list[subprocess.Popen[bytes]] = []
+    f = tls_files
+
+    def start(auth_clients: bool) -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        proc = subprocess.Popen(
+            [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+             "--tls-cert-file", str(f.server_cert), "--tls-key-file", str(f.server_key),
+             "--tls-ca-cert-file", str(f.ca),
+             "--tls-auth-clients", "yes" if auth_clients else "no",
+             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        started.append(proc)
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return port
+            assert proc.poll() is None, "redis-server exited (built without TLS?)"
+            assert time.monotonic() < deadline, "redis-server did not listen within 10 s"
+            time.sleep(0.05)
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_tls_with_a_private_ca_and_mutual_tls(
+    tmp_path: Path, redis_tls: Callable[[bool], int], tls_files: TlsFiles
+) -> None:
+    f = tls_files
+    for mutual in (False, True):
+        port = redis_tls(mutual)
+        writer = redis.Redis(
+            host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(f.ca),
+            ssl_certfile=str(f.client_cert), ssl_keyfile=str(f.client_key),
+        )  # fmt: skip
+        add(writer, "events", *(json.dumps({"id": i}) for i in range(3)))
+        writer.close()
+        tls: dict[str, Any] = {"ca_file": str(f.ca)}
+        if mutual:
+            tls.update(cert_file=str(f.client_cert), key_file=str(f.client_key))
+        source = {"kind": "redis_streams", "streams": "events", "payload": {"field": "data"},
+                  "url": f"redis://127.0.0.1:{port}/0", "tls": tls}  # fmt: skip
+        root = project(tmp_path / f"p-{mutual}", json.dumps(source))
+        run(root)
+        assert sorted(r["id"] for r in rows(root)) == [0, 1, 2], mutual
+
+
+def test_tls_failures_say_what_to_fix(
+    tmp_path: Path, redis_tls: Callable[[bool], int], tls_files: TlsFiles
+) -> None:
+    f = tls_files
+    plain, mutual = redis_tls(False), redis_tls(True)
+
+    def failure(name: str, port: int, tls: Any) -> str:
+        source = {"kind": "redis_streams", "streams": "events", "timeout": 2,
+                  "url": f"rediss://127.0.0.1:{port}/0", "tls": tls}  # fmt: skip
+        result = Runner(load_project(project(tmp_path / name, json.dumps(source)))).run()
+        assert not result.ok
+        error = result.tasks[0].error
+        return f"{error} {getattr(error, 'hint', '')}"
+
+    assert "certificate is not trusted" in failure("a", plain, {"ca_file": str(f.other_ca)})
+    assert "certificate is not trusted" in failure("b", plain, True)
+    assert "client certificate" in failure("c", mutual, {"ca_file": str(f.ca)})
+    message = failure("d", plain, {"ca_file": "ca/missing.pem"})
+    assert "tls: ca_file ca/missing.pem does not exist" in message
+    with pytest.raises(ValueError, match="unix:// socket does not speak TLS"):
+        RedisStreamsConfig("s", url="unix:///tmp/redis.sock", tls=True)
+    with pytest.raises(ValueError, match="server_name is not supported"):
+        RedisStreamsConfig("s", tls={"server_name": "cache.internal"})

@@ -50,6 +50,7 @@ from lakeforge.sources.base import Source, SourceBatch, SourceStatus
 from lakeforge.sources.broker_batch import Message, assemble
 from lakeforge.sources.mqtt_session import NEVER_EXPIRES, Lost, MqttSession, Received
 from lakeforge.sources.payloads import MESSAGE_INDEX, PayloadConfig, PayloadDecoder
+from lakeforge.sources.tls import TlsConfig, TlsOption
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ class MqttConfig(BaseModel):
         metadata_prefix: prefix of the ``topic`` and ``received_at`` columns.
         timeout: seconds to wait for the broker (connect, subscribe).
         keepalive: MQTT keep-alive, seconds.
+        tls: ``true`` or ``{ca_file, cert_file, key_file, verify}``
+            (:class:`~lakeforge.sources.tls.TlsConfig`); the default port becomes 8883.
+            The certificate must name ``host`` (``server_name`` is not supported here).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -109,6 +113,24 @@ class MqttConfig(BaseModel):
     metadata_prefix: str = "_"
     timeout: float = Field(default=5.0, gt=0)
     keepalive: int = Field(default=60, ge=5, le=65535)
+    tls: TlsOption = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("tls") not in (None, False) and "port" not in data:
+            data = {**data, "port": 8883}  # MQTT over TLS
+        return data
+
+    @field_validator("tls")
+    @classmethod
+    def _no_server_name(cls, value: TlsConfig | None) -> TlsConfig | None:
+        if value is not None and value.server_name is not None:
+            raise ValueError(
+                "server_name is not supported by the MQTT client: set host: to the name "
+                "in the broker's certificate"
+            )
+        return value
 
     @field_validator("topics", mode="before")
     @classmethod
@@ -246,6 +268,7 @@ class MqttSource(Source):
             receive_maximum=cfg.max_messages_per_batch,
             username=cfg.username,
             password=self._password(),
+            tls=None if cfg.tls is None else cfg.tls.context(self.project_root, self.dataset),
         )
         self._session, self._metrics = session, {"duplicates": 0}
         try:

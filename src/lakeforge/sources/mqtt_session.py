@@ -17,6 +17,7 @@ in :attr:`MqttSession.inbox`, which the source reads.
 from __future__ import annotations
 
 import queue
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 
 from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.extras import require
+from lakeforge.sources.tls import CLOSED_DURING_TLS, tls_failure
 
 NEVER_EXPIRES = 0xFFFFFFFF  # MQTT v5 session expiry interval: the session never expires
 
@@ -59,6 +61,7 @@ class MqttSession:
         receive_maximum: int,
         username: str | None = None,
         password: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         mqtt = require("paho.mqtt.client")
         from paho.mqtt.enums import CallbackAPIVersion
@@ -83,6 +86,10 @@ class MqttSession:
             manual_ack=True,
         )
         client.connect_timeout = timeout
+        self._tls = tls
+        if tls is not None:
+            client.tls_set_context(tls)
+            self.where = f"MQTT broker {host}:{port} (TLS)"
         if username is not None:
             client.username_pw_set(username, password)
         client.on_connect = self._on_connect
@@ -128,10 +135,11 @@ class MqttSession:
                 self._host, self._port, self._keepalive, clean_start=False, properties=props
             )
         except OSError as exc:
+            hint = tls_failure(exc) if self._tls is not None else None
             raise TransientSourceError(
                 f"{self.dataset}: {self.where} is not reachable: {exc}",
                 dataset=self.dataset,
-                hint="is the broker up? (host:, port:)",
+                hint=hint or "is the broker up? (host:, port:)",
             ) from None
         self.client.loop_start()
         if not self._connected.wait(self._timeout) or self._connack is None:
@@ -139,6 +147,7 @@ class MqttSession:
                 f"{self.dataset}: {self.where} did not accept the connection within "
                 f"{self._timeout:g}s",
                 dataset=self.dataset,
+                hint=CLOSED_DURING_TLS if self._tls is not None else None,
             )
         reason, present = self._connack
         if reason.is_failure:

@@ -37,6 +37,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Iterator
@@ -49,8 +50,9 @@ from lakeforge.sources.base import Source, SourceBatch, SourceStatus
 from lakeforge.sources.broker_batch import Message, Payloads, assemble
 from lakeforge.sources.nats_config import SECRET_REFERENCE, NatsConfig
 from lakeforge.sources.nats_pull import Pulled, Puller, PullRequests
-from lakeforge.sources.nats_wire import WirePuller, WireUnsupported, wire_credentials
+from lakeforge.sources.nats_wire import WirePuller, wire_credentials
 from lakeforge.sources.payloads import PayloadDecoder
+from lakeforge.sources.tls import CLOSED_DURING_TLS, tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ class NatsSource(Source):
         self._unacked: dict[int, str] = {}  # batch's last sequence → its ack subject
         self._nc: Any = None  # the client of batches(), while they are read
         self._options: dict[str, Any] = {}  # what the client connected with
+        self._ssl: ssl.SSLContext | None = None
         self._metrics: dict[str, Any] = {}
 
     # -- position -------------------------------------------------------------------------
@@ -198,17 +201,44 @@ class NatsSource(Source):
             options["token"] = self._secret(cfg.token)
         if cfg.creds_file is not None:
             options["user_credentials"] = str(self.project_root / cfg.creds_file)
+        if cfg.tls is not None:
+            options["tls"] = self._tls_context()
+            if cfg.tls.server_name is not None:
+                options["tls_hostname"] = cfg.tls.server_name
         self._options = options
         bound = 2 * (timeout + 0.5) * len(cfg.servers)  # a hard bound, whatever the client does
         try:
-            return await asyncio.wait_for(nats.connect(**options), bound)
+            nc = await asyncio.wait_for(nats.connect(**options), bound)
         except Exception as exc:  # nats-py raises several types for one failed connect
+            cause = exc.__cause__ or exc.__context__ or exc
             raise TransientSourceError(
                 f"{self.dataset}: cannot connect to NATS at {','.join(cfg.servers)}: "
                 f"{type(exc).__name__}: {exc}",
                 dataset=self.dataset,
-                hint="check the source's servers: and that nats-server runs with JetStream",
+                hint=tls_failure(cause)
+                or (CLOSED_DURING_TLS if self._ssl is not None else None)
+                or "check the source's servers: and that nats-server runs with JetStream",
             ) from None
+        if cfg.tls is not None and not (nc._server_info or {}).get("tls_required"):
+            # nats-py upgrades only when the server requires TLS: refuse a plain connection.
+            await nc.close()
+            raise SourceError(
+                f"{self.dataset}: the NATS server at {','.join(cfg.servers)} does not require "
+                "TLS: the connection would not be encrypted",
+                dataset=self.dataset,
+                hint="enable TLS on the server, or drop the source's tls:",
+            )
+        return nc
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context of both connections: the source's ``tls``, else, for a
+        ``tls://`` server, the system's trusted certificates (None: plain TCP)."""
+        if self._ssl is None:
+            if self.config.tls is not None:
+                self._ssl = self.config.tls.context(self.project_root, self.dataset)
+            elif any(s.startswith("tls://") for s in self.config.servers):
+                self._ssl = ssl.create_default_context()
+        return self._ssl
 
     def _secret(self, reference: str) -> str:
         name = SECRET_REFERENCE.fullmatch(reference.strip())
@@ -428,14 +458,17 @@ class NatsSource(Source):
 
     def _puller(self, nc: Any) -> PullRequests:
         """The wire reader on a connection of its own to nats-py's server, or nats-py's
-        subscription where the wire reader cannot go (TLS, a creds file)."""
+        subscription where the wire reader cannot go (a creds file)."""
         url = nc.connected_url
         credentials = wire_credentials(url, self._options)
-        if credentials is not None and url is not None and url.scheme == "nats":
+        if credentials is not None and url is not None and url.scheme in ("nats", "tls"):
+            tls = self.config.tls
             wire = WirePuller(
                 url.hostname or "127.0.0.1",
                 url.port or 4222,
                 credentials,
+                tls=self._tls_context(),
+                server_name=tls.server_name if tls is not None else None,
                 stream=self.config.stream,
                 durable=self.durable,
                 dataset=self.dataset,
@@ -443,11 +476,8 @@ class NatsSource(Source):
                 inbox=nc.new_inbox(),
                 timeout=self.config.timeout,
             )
-            try:
-                self._run(wire.start())
-                return wire
-            except WireUnsupported as exc:
-                log.debug("%s: NATS messages through nats-py: %s", self.dataset, exc)
+            self._run(wire.start())
+            return wire
         puller = Puller(nc, self.config.stream, self.durable, self.dataset)
         self._run(puller.start())
         return puller

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lakeforge.sources.payloads import PayloadConfig
+from lakeforge.sources.tls import TlsOption
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 # password and token are given as `${VAR}`, read from the environment when the source runs
@@ -39,6 +40,9 @@ class NatsConfig(BaseModel):
         user / password / token / creds_file: authentication; ``password`` and ``token``
             only as ``${VAR}`` references, read when the source runs.
         timeout: seconds to wait for the server (connect, each request).
+        tls: ``true`` or ``{ca_file, cert_file, key_file, verify, server_name}``
+            (:class:`~lakeforge.sources.tls.TlsConfig`): the server must speak TLS; a
+            ``tls://`` server URL does too, with the system's trusted certificates.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -67,6 +71,7 @@ class NatsConfig(BaseModel):
     token: str | None = None
     creds_file: str | None = None
     timeout: float = Field(default=10.0, gt=0)
+    tls: TlsOption = None
 
     @model_validator(mode="before")
     @classmethod

@@ -11,10 +11,11 @@ for one subscription (``CONNECT``, ``SUB``, ``PUB``, ``MSG``/``HMSG``, ``PING``/
 ``-ERR``), whose reader takes what the socket has and slices every complete message out
 of it in one loop.
 
-It speaks plain TCP with the credentials nats-py was given (user and password, token, or
-those in the server URL). A server that requires TLS, or a ``creds_file`` (a JWT signed
-with an NKey), makes the source use nats-py's connection instead (:class:`Puller`): the
-same pull requests, slower.
+It authenticates with the credentials nats-py was given (user and password, token, or
+those in the server URL), and upgrades to TLS after the server's ``INFO`` as nats-py does
+(the server requires it, or the source has ``tls``). A ``creds_file`` (a JWT signed with
+an NKey) makes the source use nats-py's connection instead (:class:`Puller`): the same
+pull requests, slower.
 """
 
 from __future__ import annotations
@@ -22,19 +23,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from typing import Any
 
 import orjson
 
 from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.sources.nats_pull import PullRequests
+from lakeforge.sources.tls import tls_failure
 
 _READ = 1 << 20  # bytes asked of the socket at once
 _CRLF = b"\r\n"
-
-
-class WireUnsupported(Exception):
-    """The server needs what the wire reader does not speak (TLS): use nats-py's."""
 
 
 class WirePuller(PullRequests):
@@ -46,6 +45,8 @@ class WirePuller(PullRequests):
         port: int,
         credentials: dict[str, str],
         *,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
         stream: str,
         durable: str,
         dataset: str,
@@ -56,6 +57,7 @@ class WirePuller(PullRequests):
         super().__init__(stream, durable, dataset, inbox)
         self._host, self._port = host, port
         self._credentials = credentials
+        self._tls, self._server_name = tls, server_name
         self._name = name
         self._timeout = timeout
         self._reader: asyncio.StreamReader | None = None
@@ -74,6 +76,7 @@ class WirePuller(PullRequests):
                 f"{self._dataset}: cannot open the message connection to NATS at "
                 f"{self._host}:{self._port}: {type(exc).__name__}: {exc}",
                 dataset=self._dataset,
+                hint=tls_failure(exc),
             ) from None
         except BaseException:
             await self.stop()
@@ -90,8 +93,11 @@ class WirePuller(PullRequests):
                 dataset=self._dataset,
             )
         info = json.loads(line[5:])
-        if info.get("tls_required"):
-            raise WireUnsupported("the server requires TLS")
+        if info.get("tls_required") or self._tls is not None:
+            await self._writer.start_tls(
+                self._tls or ssl.create_default_context(),
+                server_hostname=self._server_name or self._host,
+            )
         options = {
             "verbose": False,
             "pedantic": False,
@@ -253,4 +259,4 @@ def wire_credentials(connected_url: Any, options: dict[str, Any]) -> dict[str, s
     return {"user": url_user, "pass": url_password}
 
 
-__all__ = ["WirePuller", "WireUnsupported", "wire_credentials"]
+__all__ = ["WirePuller", "wire_credentials"]

@@ -45,6 +45,7 @@ from lakeforge.extras import require
 from lakeforge.sources.base import Source, SourceBatch, SourceStatus
 from lakeforge.sources.broker_batch import Message, assemble
 from lakeforge.sources.payloads import PayloadConfig, PayloadDecoder
+from lakeforge.sources.tls import CLOSED_DURING_TLS, TlsOption, tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class RedisStreamsConfig(BaseModel):
         max_messages_per_batch / max_batch_seconds: a batch ends at whichever comes first.
         metadata_prefix: prefix of the ``stream``, ``id`` and ``timestamp`` columns.
         timeout: seconds to wait for the server (connect and each command).
+        tls: ``true`` or ``{ca_file, cert_file, key_file, verify}``
+            (:class:`~lakeforge.sources.tls.TlsConfig`): connect with TLS (a ``redis://``
+            URL is taken as ``rediss://``); the certificate must name the URL's host.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -115,6 +119,7 @@ class RedisStreamsConfig(BaseModel):
     max_batch_seconds: float = Field(default=5.0, gt=0)
     metadata_prefix: str = "_"
     timeout: float = Field(default=5.0, gt=0)
+    tls: TlsOption = None
 
     @field_validator("streams", mode="before")
     @classmethod
@@ -157,6 +162,14 @@ class RedisStreamsConfig(BaseModel):
     def _one_url(self) -> RedisStreamsConfig:
         if self.url is not None and self.url_env is not None:
             raise ValueError("give url or url_env, not both")
+        if self.tls is not None:
+            if self.tls.server_name is not None:
+                raise ValueError(
+                    "tls: server_name is not supported by the Redis client: use the name in "
+                    "the server's certificate as the URL's host"
+                )
+            if self.url is not None and self.url.startswith("unix://"):
+                raise ValueError("tls: a unix:// socket does not speak TLS")
         return self
 
     def resolved_url(self, dataset: str) -> str:
@@ -526,6 +539,19 @@ class RedisStreamsSource(Source):
         from redis.retry import Retry
 
         url = self.config.resolved_url(self.dataset)
+        options: dict[str, Any] = {}
+        tls = self.config.tls
+        if tls is not None:
+            if url.startswith("redis://"):
+                url = "rediss://" + url.removeprefix("redis://")
+            ca, cert, key = tls.paths(self.project_root, self.dataset)
+            options.update(
+                ssl_ca_certs=ca,
+                ssl_certfile=cert,
+                ssl_keyfile=key,
+                ssl_cert_reqs="required" if tls.verify else "none",
+                ssl_check_hostname=tls.verify,
+            )
         try:
             # No hidden retries: a failure is reported at once, and the task's retries apply.
             client = redis.Redis.from_url(
@@ -533,10 +559,14 @@ class RedisStreamsSource(Source):
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
+                **options,
             )
             client.ping()
         except redis.RedisError as exc:
-            raise self._failure(exc, "is not reachable") from None
+            failure = self._failure(exc, "is not reachable")
+            if url.startswith("rediss://") and "refused" not in str(exc).lower():
+                failure.hint = tls_failure(exc) or CLOSED_DURING_TLS
+            raise failure from None
         return client
 
     def _failure(self, exc: Exception, what: str) -> SourceError:
