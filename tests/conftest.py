@@ -532,3 +532,44 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
            "-extfile", f"{name}.ext")  # fmt: skip
     return files
+
+
+# -- servers a test starts itself -------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 nothing listens on (now)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server_processes() -> Iterator[Callable[[list[str], int], None]]:
+    """``start(argv, port)``: run a server (its output discarded) and return once it
+    listens on 127.0.0.1:port; every server started is stopped after the test."""
+    import socket
+    import subprocess
+    import time
+
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str], port: int) -> None:
+        require_service(f"the {argv[0]} binary", lambda: os.path.exists(argv[0]))
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(proc)
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            assert proc.poll() is None, f"{argv[0]} exited with {proc.returncode}"
+            assert time.monotonic() < deadline, f"{argv[0]} did not listen within 10 s"
+            time.sleep(0.05)
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(10)

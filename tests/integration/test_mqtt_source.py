@@ -8,7 +8,6 @@ import json
 import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conftest import TlsFiles, require_service
+from conftest import TlsFiles, free_port
 from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.execution.executor import Runner
 from lakeforge.execution.results import RunResult
@@ -394,16 +393,12 @@ def test_configuration_errors() -> None:
 
 
 @pytest.fixture
-def mosquitto_tls(tmp_path: Path, tls_files: TlsFiles) -> Iterator[Any]:
+def mosquitto_tls(tmp_path: Path, tls_files: TlsFiles, server_processes: Any) -> Any:
     """Start Mosquitto brokers with a TLS listener; ``start(require_certificate) -> port``."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    require_service("the mosquitto binary", lambda: Path(binary).exists())
-    started: list[subprocess.Popen[bytes]] = []
 
     def start(require_certificate: bool) -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        port = free_port()
         conf = tmp_path / f"mosquitto-{port}.conf"
         conf.write_text(
             "user root\npersistence false\nallow_anonymous true\n"
@@ -412,23 +407,10 @@ def mosquitto_tls(tmp_path: Path, tls_files: TlsFiles) -> Iterator[Any]:
             f"keyfile {tls_files.server_key}\n"
             f"require_certificate {str(require_certificate).lower()}\n"
         )
-        proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        started.append(proc)
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return port
-            assert proc.poll() is None, "mosquitto exited"
-            assert time.monotonic() < deadline, "mosquitto did not listen within 10 s"
-            time.sleep(0.05)
+        server_processes([binary, "-c", str(conf)], port)
+        return port
 
-    yield start
-    for proc in started:
-        proc.terminate()
-        proc.wait(10)
+    return start
 
 
 def test_tls_with_a_private_ca_and_mutual_tls(

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import NATS_URL, JetStreamAdmin, TlsFiles, require_service
+from conftest import NATS_URL, JetStreamAdmin, TlsFiles, free_port
 from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.execution.executor import Runner
 from lakeforge.execution.results import RunResult
@@ -496,36 +495,19 @@ def test_both_message_paths_read_headers_dead_letters_and_batches_alike(
 
 
 @pytest.fixture
-def nats_with_auth(tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """Start nats-server processes (JetStream on) with flags (credentials, TLS); yields a
-    factory ``start(*flags) -> url``; the servers are stopped after the test."""
+def nats_with_auth(tmp_path: Path, server_processes: Any) -> Callable[..., str]:
+    """Start nats-server processes (JetStream on) with flags (credentials, TLS): a factory
+    ``start(*flags) -> url``; the servers are stopped after the test."""
     binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    require_service("the nats-server binary", lambda: Path(binary).exists())
-    started: list[subprocess.Popen[bytes]] = []
 
     def start(*flags: str) -> str:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         store = tmp_path / f"nats-{port}"
-        proc = subprocess.Popen(
-            [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store), *flags],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        started.append(proc)
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return f"nats://127.0.0.1:{port}"
-            assert proc.poll() is None, "nats-server exited"
-            assert time.monotonic() < deadline, "nats-server did not listen within 10 s"
-            time.sleep(0.05)
+        argv = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store), *flags]
+        server_processes(argv, port)
+        return f"nats://127.0.0.1:{port}"
 
-    yield start
-    for proc in started:
-        proc.terminate()
-        proc.wait(10)
+    return start
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import TlsFiles, require_service
+from conftest import TlsFiles, free_port
 from lakeforge.errors import SourceError, TransientSourceError
 from lakeforge.execution.executor import Runner
 from lakeforge.execution.results import RunResult
@@ -429,39 +428,24 @@ def test_the_cli_shows_the_position(
 
 
 @pytest.fixture
-def redis_tls(tmp_path: Path, tls_files: TlsFiles) -> Iterator[Callable[[bool], int]]:
+def redis_tls(tmp_path: Path, tls_files: TlsFiles, server_processes: Any) -> Callable[[bool], int]:
     """Start redis-servers that speak only TLS; ``start(auth_clients) -> port``."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    require_service("the redis-server binary", lambda: Path(binary).exists())
-    started: list[subprocess.Popen[bytes]] = []
     f = tls_files
 
     def start(auth_clients: bool) -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        proc = subprocess.Popen(
+        port = free_port()
+        server_processes(
             [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
              "--tls-cert-file", str(f.server_cert), "--tls-key-file", str(f.server_key),
              "--tls-ca-cert-file", str(f.ca),
              "--tls-auth-clients", "yes" if auth_clients else "no",
              "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            port,
         )  # fmt: skip
-        started.append(proc)
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return port
-            assert proc.poll() is None, "redis-server exited (built without TLS?)"
-            assert time.monotonic() < deadline, "redis-server did not listen within 10 s"
-            time.sleep(0.05)
+        return port
 
-    yield start
-    for proc in started:
-        proc.terminate()
-        proc.wait(10)
+    return start
 
 
 def test_tls_with_a_private_ca_and_mutual_tls(
