@@ -67,3 +67,20 @@ def test_failure_hints() -> None:
     assert "handshake failed" in str(tls_failure(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER]")))
     assert tls_failure(ConnectionRefusedError(111, "Connection refused")) is None
     assert "client certificate" in CLOSED_DURING_TLS
+
+
+def test_asyncio_benign_tls_eof_warning_is_kept_off_the_terminal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from lakeforge.sources.tls import quiet_benign_ssl_eof
+
+    quiet_benign_ssl_eof()
+    quiet_benign_ssl_eof()  # idempotent: one filter
+    logger = logging.getLogger("asyncio")
+    assert sum(type(f).__name__ == "_BenignSslEof" for f in logger.filters) == 1
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        logger.warning("returning true from eof_received() has no effect when using ssl")
+        logger.warning("Task was destroyed but it is pending!")
+    assert [r.getMessage() for r in caplog.records] == ["Task was destroyed but it is pending!"]

@@ -52,7 +52,7 @@ from lakeforge.sources.nats_config import SECRET_REFERENCE, NatsConfig
 from lakeforge.sources.nats_pull import Pulled, Puller, PullRequests
 from lakeforge.sources.nats_wire import WirePuller, wire_credentials
 from lakeforge.sources.payloads import PayloadDecoder
-from lakeforge.sources.tls import CLOSED_DURING_TLS, tls_failure
+from lakeforge.sources.tls import CLOSED_DURING_TLS, quiet_benign_ssl_eof, tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,8 @@ class NatsSource(Source):
             options["token"] = self._secret(cfg.token)
         if cfg.creds_file is not None:
             options["user_credentials"] = str(self.project_root / cfg.creds_file)
+        if self._tls_context() is not None:
+            quiet_benign_ssl_eof()
         if cfg.tls is not None:
             options["tls"] = self._tls_context()
             if cfg.tls.server_name is not None:

@@ -10,6 +10,7 @@ to the project folder. ``tls: true`` is TLS with those defaults.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from pathlib import Path
 from typing import Annotated, Any
@@ -125,3 +126,22 @@ def tls_failure(exc: BaseException) -> str | None:
             "require a client certificate (tls: {cert_file, key_file})?"
         )
     return None
+
+
+_BENIGN_EOF = "returning true from eof_received() has no effect when using ssl"
+
+
+class _BenignSslEof(logging.Filter):
+    """asyncio logs this warning whenever a TLS peer closes an asyncio stream (the stream
+    protocol asks to keep the transport half-open, which TLS cannot): the connection is
+    closed either way, and the line would only alarm the terminal of every TLS run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != _BENIGN_EOF
+
+
+def quiet_benign_ssl_eof() -> None:
+    """Keep asyncio's benign TLS end-of-stream warning off the terminal (idempotent)."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _BenignSslEof) for f in logger.filters):
+        logger.addFilter(_BenignSslEof())
