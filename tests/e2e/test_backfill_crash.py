@@ -100,6 +100,17 @@ def newest_version(project: Path) -> int:
     return max(v for v, _ in commits(project))
 
 
+def newest_backfill_status(project: Path, since: dt.datetime) -> str | None:
+    """The recorded status of the newest backfill run started since ``since`` (None: none)."""
+    from lakeforge.metadata.store import MetadataStore
+
+    with MetadataStore(f"sqlite:///{project / '.lakeforge' / 'metadata.db'}") as store:
+        runs = [
+            r for r in store.list_runs(50) if r.options.get("backfill") and r.started_at >= since
+        ]
+    return runs[0].status if runs else None
+
+
 def test_killed_backfill_resumes_and_builds_each_partition_once(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     project = tmp_path / "p"
@@ -111,6 +122,7 @@ def test_killed_backfill_resumes_and_builds_each_partition_once(tmp_path: Path) 
         factor = trial + 2  # new code each trial: every partition's content changes
         write_gold(project, factor)
         before = newest_version(project)
+        launched = dt.datetime.now(dt.UTC)
         proc = subprocess.Popen(
             [*LAKEFORGE, "backfill", "daily", "--concurrency", str(rng.choice([1, 2]))],
             cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -126,7 +138,9 @@ def test_killed_backfill_resumes_and_builds_each_partition_once(tmp_path: Path) 
                 time.sleep(0.01)
         time.sleep(rng.uniform(0, 0.3))
         proc.send_signal(signal.SIGKILL)
-        finished = proc.wait() == 0  # it may have finished before the kill
+        # It may have finished before the kill, or recorded its success and been killed
+        # on its way out: either way the next backfill is a new one, not a resumption.
+        finished = proc.wait() == 0 or newest_backfill_status(project, launched) == "success"
         committed = newest_version(project) - before
         output = ""
         if not finished:
