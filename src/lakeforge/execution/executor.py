@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from lakeforge.engines.base import Engine
     from lakeforge.metadata.store import MetadataStore
     from lakeforge.project.loader import Project
+    from lakeforge.scheduling.alert_dispatch import AlertDispatcher
     from lakeforge.streaming.operator import EventTimeOperator, Step
 
 _LOG_STATUS = {"up_to_date": "skipped", "upstream_failed": "skipped"}
@@ -92,6 +93,8 @@ class Runner:
         from lakeforge.metadata.retention import RetentionKeeper
 
         self.retention = RetentionKeeper(self.metadata, project.config.retention)
+        # Set by a long-running caller (the stream loop) to deliver alerts off its path.
+        self.alert_dispatcher: AlertDispatcher | None = None
 
     def plan(
         self,
@@ -170,7 +173,9 @@ class Runner:
         )
         ordered = [results[n] for n in names]
         result = RunResult(run_id, status, started, finished, ordered, gate=gate)
-        if self.project.config.alerts:  # never raises; recorded in the run's options
+        if self.alert_dispatcher is not None:  # `lakeforge stream`: sent in the background
+            self.alert_dispatcher.notify(result)
+        elif self.project.config.alerts:  # never raises; recorded in the run's options
             from lakeforge.scheduling.alerts import notify_run
 
             notify_run(self.project, self.metadata, result)

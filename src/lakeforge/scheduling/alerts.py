@@ -22,13 +22,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from lakeforge.errors import QualityGateFailed
 from lakeforge.scheduling.alert_book import AlertBook, Observation, Outcome
-from lakeforge.scheduling.channels import alert_payload, probe_payload, send
+from lakeforge.scheduling.channels import SendResult, alert_payload, probe_payload, send
 
 if TYPE_CHECKING:
     from lakeforge.execution.results import RunResult, TaskResult
@@ -89,6 +90,11 @@ def notify_run(
     except Exception as exc:  # alerting must never fail the run it reports on
         summary = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
         log.warning("alerts for run %s failed: %s", result.run_id, summary["error"])
+    return report(metadata, result.run_id, summary)
+
+
+def report(metadata: MetadataStore, run_id: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """Log the deliveries that failed and record the outcome in the run's options."""
     for failed in summary.get("failed", []):
         log.warning(
             "alert %s of %s not delivered to %s: %s",
@@ -98,7 +104,7 @@ def notify_run(
             failed["detail"],
         )
     if summary.get("sent") or summary.get("failed") or summary.get("error"):
-        _record(metadata, result.run_id, summary)
+        _record(metadata, run_id, summary)
     return summary
 
 
@@ -302,12 +308,35 @@ def deliver(
     from lakeforge.project.config import STATE_DIR
 
     claims = book.claim(now or datetime.now(UTC))
+
+    def send_in_order(mine: list[int]) -> list[tuple[int, SendResult]]:
+        results = []
+        for i in mine:
+            claim = claims[i]
+            payload = alert_payload(project.name, claim.alert, claim.kind, claim.previous_severity)
+            channel = book.channels[claim.channel]
+            results.append(
+                (i, send(channel, payload, root=project.root, state_dir=STATE_DIR, sleep=sleep))
+            )
+        return results
+
+    # One thread per channel: a slow or unreachable channel (timeouts, retries) does not
+    # hold up the others; each channel still gets its messages in order.
+    by_channel: dict[str, list[int]] = {}
+    for i, claim in enumerate(claims):
+        by_channel.setdefault(claim.channel, []).append(i)
+    results: dict[int, SendResult] = {}
+    if len(by_channel) <= 1:
+        for mine in by_channel.values():
+            results.update(send_in_order(mine))
+    else:
+        with ThreadPoolExecutor(len(by_channel), thread_name_prefix="lakeforge-alert") as pool:
+            for done in pool.map(send_in_order, by_channel.values()):
+                results.update(done)
     outcomes: list[Outcome] = []
     deliveries: list[Delivery] = []
-    for claim in claims:
-        channel = book.channels[claim.channel]
-        payload = alert_payload(project.name, claim.alert, claim.kind, claim.previous_severity)
-        sent = send(channel, payload, root=project.root, state_dir=STATE_DIR, sleep=sleep)
+    for i, claim in enumerate(claims):
+        sent = results[i]
         outcomes.append(Outcome(claim, sent.ok, None if sent.ok else sent.detail))
         a = claim.alert
         deliveries.append(

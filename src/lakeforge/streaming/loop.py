@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 IDLE_POLL = 0.5
 #: Longest wait before retrying a flow that keeps failing.
 MAX_BACKOFF = 300.0
+#: How long a stopping stream lets the alert delivery in progress finish.
+ALERT_CLOSE_SECONDS = 15.0
 
 
 @dataclass
@@ -144,6 +146,13 @@ class StreamLoop:
 
     def run(self, stop: threading.Event) -> dict[str, FlowProgress]:
         """Loop until ``stop`` is set or every flow is done; returns the flows' progress."""
+        dispatcher = None
+        if self.runner.project.config.alerts and self.runner.alert_dispatcher is None:
+            from lakeforge.scheduling.alert_dispatch import AlertDispatcher
+
+            # A channel that is slow or down must not hold up the micro-batches.
+            dispatcher = AlertDispatcher(self.runner.project, self.runner.metadata)
+            self.runner.alert_dispatcher = dispatcher
         self.compactor.start()
         try:
             # Across micro-batches: tables are brought up to date from their log rather than
@@ -151,6 +160,9 @@ class StreamLoop:
             with self.runner.store.session(), self.runner.engine.session():
                 self._loop(stop)
         finally:
+            if dispatcher is not None:
+                self.runner.alert_dispatcher = None
+                dispatcher.close(ALERT_CLOSE_SECONDS)
             self.compactor.stop()  # finishes the compaction in progress
             for name, stats in self.compactor.stats.items():
                 self.flows[name].compaction = stats.to_dict()
