@@ -165,7 +165,7 @@ async def baseline_load(stream: str, out: Path, count: int, batch: int) -> int:
                 record["_stream_seq"] = m.metadata.sequence.stream
             table = pa.Table.from_pylist(records)
             write_deltalake(str(out), table, mode="overwrite" if first else "append")
-            await msgs[-1].ack_sync()
+            await msgs[-1].ack_sync(timeout=30)  # not 1 s: a loaded machine is slow
             read += len(msgs)
             first = False
         return read

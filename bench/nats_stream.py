@@ -125,6 +125,7 @@ class StreamProcess:
     """A streaming path in a process of its own, stopped with SIGINT (gracefully)."""
 
     def __init__(self, argv: list[str], cwd: Path, log: Path) -> None:
+        self.log_path = log
         self._log = log.open("w")
         self.proc = subprocess.Popen(
             argv, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, env=_env()
@@ -205,11 +206,11 @@ async def baseline_stream(url: str, stream: str, out: str, batch: int = 10_000) 
                     break
                 if len(msgs) >= batch:
                     _baseline_write(msgs, out, orjson, pa, write_deltalake)
-                    await msgs[-1].ack_sync()
+                    await msgs[-1].ack_sync(timeout=30)  # not 1 s: a loaded machine is slow
                     msgs = []
             if msgs:
                 _baseline_write(msgs, out, orjson, pa, write_deltalake)
-                await msgs[-1].ack_sync()
+                await msgs[-1].ack_sync(timeout=30)  # not 1 s: a loaded machine is slow
             due += TRIGGER_SECONDS
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.0, due - time.monotonic()))
@@ -286,7 +287,10 @@ def _wait_for_rows(table: Path, rows: int, seconds: float, process: StreamProces
     have = _rows(table)
     while have < rows and time.monotonic() < deadline:
         if process.proc.poll() is not None:
-            raise RuntimeError(f"the streaming process exited ({process.proc.returncode})")
+            tail = process.log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+            raise RuntimeError(
+                f"the streaming process exited ({process.proc.returncode}); its output:\n{tail}"
+            )
         time.sleep(0.2)
         have = _rows(table)
     return have
