@@ -202,7 +202,7 @@ async def baseline_stream(url: str, stream: str, out: str, batch: int = 10_000) 
             while True:  # what is there now, a write each `batch` messages
                 try:
                     msgs += await sub.fetch(256, timeout=0.05)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py's, or asyncio's when its deadline ran out
                     break
                 if len(msgs) >= batch:
                     _baseline_write(msgs, out, orjson, pa, write_deltalake)
