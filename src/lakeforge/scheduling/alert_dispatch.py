@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 from lakeforge.scheduling.alert_book import AlertBook
 from lakeforge.scheduling.alerts import (
     deliver,
-    lag_observations,
+    error_summary,
     report,
-    run_observations,
+    run_alert_observations,
     summarize,
 )
 
@@ -49,7 +49,6 @@ class AlertDispatcher:
         self.metadata = metadata
         self.sleep = sleep
         self.book = AlertBook(metadata, project.config.alerts)
-        self.passes = 0  # delivery passes completed (for tests and diagnostics)
         self._wake = threading.Event()
         self._closing = False
         self._run_id: str | None = None  # the latest run observed: it gets the outcome
@@ -66,12 +65,11 @@ class AlertDispatcher:
         if result.dry_run:
             return
         try:
-            observed = run_observations(result) + lag_observations(self.project, result)
-            self.book.observe(observed, datetime.now(UTC))
+            self.book.observe(run_alert_observations(self.project, result), datetime.now(UTC))
         except Exception as exc:  # alerting must never fail the run it reports on
-            summary = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-            log.warning("alerts for run %s failed: %s", result.run_id, summary["error"])
-            report(self.metadata, result.run_id, summary)
+            report(
+                self.metadata, result.run_id, error_summary(exc, f"alerts for run {result.run_id}")
+            )
             return
         with self._lock:  # (the sender checks for a wake-up under this lock)
             self._run_id = result.run_id
@@ -115,11 +113,9 @@ class AlertDispatcher:
                     deliver(self.project, self.book, sleep=self.sleep)
                 )
             except Exception as exc:  # keep the thread alive for the next micro-batch
-                summary = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-                log.warning("alert delivery failed: %s", summary["error"])
+                summary = error_summary(exc, "alert delivery")
             if run_id is not None:
                 report(self.metadata, run_id, summary)
-            self.passes += 1
             with self._idle:
                 if not self._wake.is_set():
                     self._busy = False

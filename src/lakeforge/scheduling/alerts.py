@@ -84,13 +84,24 @@ def notify_run(
     if not project.config.alerts or result.dry_run:
         return None
     try:
-        observed = run_observations(result) + lag_observations(project, result)
+        observed = run_alert_observations(project, result)
         deliveries = evaluate(project, metadata, observed, now=now, sleep=sleep)
         summary: dict[str, Any] = summarize(deliveries)
     except Exception as exc:  # alerting must never fail the run it reports on
-        summary = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-        log.warning("alerts for run %s failed: %s", result.run_id, summary["error"])
+        summary = error_summary(exc, f"alerts for run {result.run_id}")
     return report(metadata, result.run_id, summary)
+
+
+def run_alert_observations(project: Project, result: RunResult) -> list[Observation]:
+    """What a finished run fires or resolves: failed tasks, blocking checks, source lag."""
+    return run_observations(result) + lag_observations(project, result)
+
+
+def error_summary(exc: Exception, what: str) -> dict[str, Any]:
+    """``{"error": ...}`` for a run's options, logged as a warning."""
+    summary = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    log.warning("%s failed: %s", what, summary["error"])
+    return summary
 
 
 def report(metadata: MetadataStore, run_id: str, summary: dict[str, Any]) -> dict[str, Any]:

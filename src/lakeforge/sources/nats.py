@@ -201,10 +201,11 @@ class NatsSource(Source):
             options["token"] = self._secret(cfg.token)
         if cfg.creds_file is not None:
             options["user_credentials"] = str(self.project_root / cfg.creds_file)
-        if self._tls_context() is not None:
+        tls_context = self._tls_context()
+        if tls_context is not None:
             quiet_benign_ssl_eof()
         if cfg.tls is not None:
-            options["tls"] = self._tls_context()
+            options["tls"] = tls_context
             if cfg.tls.server_name is not None:
                 options["tls_hostname"] = cfg.tls.server_name
         self._options = options
